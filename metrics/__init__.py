@@ -1,0 +1,23 @@
+"""Prometheus metric definitions: a leaf every layer may import."""
+
+from metrics.labels import ModelLabels
+from metrics.registry import (
+    IN_FLIGHT,
+    RAIL_CHECKS,
+    RAIL_DURATION,
+    REGISTRY,
+    REQUEST_DURATION,
+    REQUESTS,
+    UPSTREAM_DURATION,
+)
+
+__all__ = [
+    "IN_FLIGHT",
+    "RAIL_CHECKS",
+    "RAIL_DURATION",
+    "REGISTRY",
+    "REQUESTS",
+    "REQUEST_DURATION",
+    "UPSTREAM_DURATION",
+    "ModelLabels",
+]

@@ -1,0 +1,71 @@
+"""The aiohttp application, composed explicitly from the loaded configs and settings."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from metrics import ModelLabels
+from proxy.chat import ChatCompletions
+from proxy.configs import ConfigStore
+from proxy.cors import cors_middleware
+from proxy.endpoints import Endpoints, health, index
+from proxy.errors import error_middleware
+from proxy.settings import Settings
+from rails.config import ConfigRoot
+from upstream import Router, Upstream, UpstreamPool, load_upstreams_file
+
+STORE = web.AppKey("store", ConfigStore)
+POOL = web.AppKey("pool", UpstreamPool)
+
+
+def build_router(settings: Settings) -> Router:
+    table = load_upstreams_file(settings.upstreams_file) if settings.upstreams_file else []
+    default = None
+    if settings.upstream_url:
+        default = Upstream(
+            name="default",
+            base_url=settings.upstream_url.rstrip("/"),
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+    return Router(table, default)
+
+
+def known_models(store: ConfigStore, router: Router) -> set[str]:
+    names = {m for u in router.upstreams for m in u.models if not any(c in m for c in "*?[")}
+    for guardrails in store.compiled.values():
+        names.update(spec.model for spec in guardrails.config.models if spec.model)
+    return names
+
+
+def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
+    """Everything is built here, before the first request: configs compiled, routes fixed."""
+    store = ConfigStore(config_root, settings.default_config_id, settings.combined_config_cache)
+    router = build_router(settings)
+    pool = UpstreamPool()
+    middlewares: list[Middleware] = [error_middleware]
+    if settings.cors_enabled:
+        middlewares.insert(0, cors_middleware(settings.cors_origins))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    app[STORE] = store
+    app[POOL] = pool
+
+    chat = ChatCompletions(store, router, pool, ModelLabels(known_models(store, router)))
+    endpoints = Endpoints(store, router, pool)
+    p = settings.normalized_prefix
+    app.router.add_post(f"{p}/v1/chat/completions", chat.handle)
+    app.router.add_post(f"{p}/v1/checks", endpoints.checks)
+    app.router.add_get(f"{p}/v1/rails/configs", endpoints.configs)
+    app.router.add_get(f"{p}/v1/challenges", endpoints.challenges)
+    app.router.add_get(f"{p}/v1/models", endpoints.models)
+    app.router.add_get(f"{p}/health", health)
+    app.router.add_get(f"{p}/ready", endpoints.ready)
+    app.router.add_get(f"{p}/metrics", endpoints.metrics)
+    app.router.add_get(f"{p}/" if p else "/", index)
+
+    async def close_pool(app: web.Application) -> None:
+        await pool.close()
+
+    app.on_cleanup.append(close_pool)
+    return app

@@ -1,0 +1,275 @@
+"""POST /v1/chat/completions: validate, resolve config, input rails, upstream, output rails.
+
+The upstream's own JSON and SSE events are passed through; railguard only patches the
+answer a rail blocked or rewrote and adds the `guardrails` envelope.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from metrics import IN_FLIGHT, REQUEST_DURATION, REQUESTS, UPSTREAM_DURATION, ModelLabels
+from proxy.configs import ConfigStore
+from proxy.errors import JSON, ApiError, invalid
+from proxy.request import ParsedChat, parse_chat
+from rails.guardrails import Guardrails
+from rails.model_caller import ModelCaller
+from rails.turn import Turn
+from upstream import NoUpstreamError, Router, Upstream, UpstreamError, UpstreamPool
+from upstream.wire import (
+    DONE_EVENT,
+    SSE_CONTENT_TYPE,
+    chunk,
+    completion,
+    content_text,
+    error_object,
+    new_completion_id,
+    sse_event,
+)
+
+SSE_HEADERS = {
+    "Content-Type": SSE_CONTENT_TYPE,
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def envelope(
+    turn: Turn, guardrails: Guardrails, upstream_data: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The spec's GuardrailsResponseData: all five keys, null when empty."""
+    llm_output = None
+    if turn.options.llm_output and upstream_data is not None:
+        llm_output = {k: v for k, v in upstream_data.items() if k not in ("choices", "guardrails")}
+    return {
+        "config_id": guardrails.id,
+        "state": None,
+        "llm_output": llm_output,
+        "output_data": turn.output_data(),
+        "log": turn.log(),
+    }
+
+
+def start_turn(
+    request: web.Request,
+    chat: ParsedChat,
+    guardrails: Guardrails,
+    pool: UpstreamPool,
+    router: Router,
+) -> Turn:
+    """A Turn for this request; model-backed rails get a caller that routes like requests do."""
+    caller = None
+    if guardrails.uses_model:
+        caller = ModelCaller(pool, router, guardrails.targets, chat.model, request.headers)
+    return Turn(
+        guardrails,
+        chat.messages,
+        model=chat.model,
+        options=chat.options,
+        context=chat.guardrails.context,
+        caller=caller,
+    )
+
+
+def outcome(turn: Turn) -> str:
+    if turn.input and turn.input.blocked_by:
+        return "blocked_input"
+    if turn.output and turn.output.blocked_by:
+        return "blocked_output"
+    return "modified" if turn.modified else "passed"
+
+
+class ChatCompletions:
+    """The handler, holding what it needs from the app (no globals)."""
+
+    def __init__(
+        self, store: ConfigStore, router: Router, pool: UpstreamPool, model_labels: ModelLabels
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.pool = pool
+        self.model_labels = model_labels
+        self._duration = {s: REQUEST_DURATION.labels("chat", s) for s in ("true", "false")}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        IN_FLIGHT.inc()
+        labels = {
+            "config_id": "none",
+            "model": "none",
+            "stream": "false",
+            "outcome": "client_error",
+        }
+        try:
+            return await self._handle(request, labels)
+        finally:
+            IN_FLIGHT.dec()
+            REQUESTS.labels(
+                "chat", labels["config_id"], labels["model"], labels["stream"], labels["outcome"]
+            ).inc()
+            self._duration[labels["stream"]].observe(time.perf_counter() - t0)
+
+    async def _handle(self, request: web.Request, labels: dict[str, str]) -> web.StreamResponse:
+        raw = await request.read()
+        chat = parse_chat(raw)
+        labels["stream"] = "true" if chat.stream else "false"
+        if chat.guardrails.thread_id is not None:
+            raise invalid(
+                "Conversation threads are not enabled on this server.",
+                param="thread_id",
+                code="threads_disabled",
+            )
+        if chat.guardrails.state:
+            raise invalid(
+                "State continuation is not supported by this server yet; send the whole "
+                "conversation in `messages`.",
+                param="state",
+                code="state_unsupported",
+            )
+        guardrails = self.store.resolve(chat.guardrails.config_id, chat.guardrails.config_ids)
+        labels["config_id"] = guardrails.id
+        labels["model"] = self.model_labels(chat.model)
+        turn = start_turn(request, chat, guardrails, self.pool, self.router)
+
+        upstream: Upstream | None = None
+        if turn.calls_model:
+            if chat.stream and turn.output_rails_selected():
+                raise invalid(
+                    f"Streaming is not available yet for configs with output rails "
+                    f"('{guardrails.id}'): send `stream: false`, or disable output rails "
+                    "with `options.rails.output: false`.",
+                    param="stream",
+                    code="streaming_output_rails_unsupported",
+                )
+            upstream = self._route(chat.model, guardrails)
+
+        await turn.check_input()
+        if turn.blocked_by:
+            labels["outcome"] = "blocked_input"
+            return await self._answer(request, chat, turn, guardrails, guardrails.refusal)
+        if upstream is None:
+            answer = turn.answer_without_model()
+            if turn.given_answer is not None and answer:
+                await turn.check_output(answer)
+                answer = turn.bot_text or ""
+            labels["outcome"] = outcome(turn)
+            return await self._answer(request, chat, turn, guardrails, answer)
+
+        body = orjson.dumps(chat.body) if chat.body_changed or turn.modified else raw
+        labels["outcome"] = "upstream_error"
+        if chat.stream:
+            return await self._stream(request, chat, turn, upstream, body, labels)
+        started = time.perf_counter()
+        try:
+            result = await self.pool.chat(upstream, body, request.headers)
+        except UpstreamError as exc:
+            raise ApiError(exc.status, exc.message, type_=exc.type, code=exc.code) from exc
+        UPSTREAM_DURATION.labels(upstream.name, labels["model"], "false").observe(
+            time.perf_counter() - started
+        )
+        data = result.data
+        await self._check_choices(turn, data, result.elapsed)
+        labels["outcome"] = outcome(turn)
+        data["guardrails"] = envelope(turn, guardrails, data)
+        return web.Response(body=orjson.dumps(data), content_type=JSON)
+
+    def _route(self, model: str, guardrails: Guardrails) -> Upstream:
+        main = guardrails.targets.get("main")
+        try:
+            return self.router.resolve(model, main.upstream if main else None)
+        except NoUpstreamError as exc:
+            raise invalid(str(exc), param="model", code="model_not_routed") from exc
+
+    async def _check_choices(self, turn: Turn, data: dict[str, Any], elapsed: float) -> None:
+        """Output rails on every choice's text; a block or rewrite patches that choice."""
+        choices = data.get("choices")
+        if not isinstance(choices, list):
+            return
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        for choice in choices:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
+                continue
+            text = content_text(message.get("content"))
+            turn.record_main_call(str(data.get("model", "")), elapsed, text, usage)
+            if not text or not turn.output_rails_selected():
+                turn.bot_text = text
+                continue
+            result = await turn.check_output(text)
+            if result.blocked_by:
+                message["content"] = turn.guardrails.refusal
+                message.pop("tool_calls", None)
+                choice["finish_reason"] = "stop"
+            elif result.modified:
+                message["content"] = result.text
+
+    async def _answer(
+        self, request: web.Request, chat: ParsedChat, turn: Turn, guardrails: Guardrails, text: str
+    ) -> web.StreamResponse:
+        """An answer railguard gives itself (a refusal, or check mode), as JSON or a stream."""
+        if not chat.stream:
+            data = completion(chat.model, text)
+            data["guardrails"] = envelope(turn, guardrails, None)
+            return web.Response(body=orjson.dumps(data), content_type=JSON)
+        completion_id = new_completion_id()
+        created = int(time.time())
+        final = chunk(chat.model, completion_id, {}, "stop", created)
+        final["guardrails"] = envelope(turn, guardrails, None)
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        await response.write(
+            sse_event(
+                chunk(
+                    chat.model, completion_id, {"role": "assistant", "content": text}, None, created
+                )
+            )
+            + sse_event(final)
+            + DONE_EVENT
+        )
+        await response.write_eof()
+        return response
+
+    async def _stream(
+        self,
+        request: web.Request,
+        chat: ParsedChat,
+        turn: Turn,
+        upstream: Upstream,
+        body: bytes,
+        labels: dict[str, str],
+    ) -> web.StreamResponse:
+        """Pass the upstream's events through as they arrive, byte for byte."""
+        started = time.perf_counter()
+        stream = self.pool.stream(upstream, body, request.headers)
+        try:
+            await stream.__aenter__()
+        except UpstreamError as exc:
+            raise ApiError(exc.status, exc.message, type_=exc.type, code=exc.code) from exc
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        done = False
+        try:
+            await response.prepare(request)
+            try:
+                async for event in stream:
+                    if event.startswith((b"data: [DONE]", b"data:[DONE]")):
+                        done = True
+                    await response.write(event)
+                labels["outcome"] = "passed"
+            except UpstreamError as exc:
+                error = error_object(exc.message, exc.type, exc.code)
+                await response.write(sse_event({"error": error}))
+            if not done:
+                await response.write(DONE_EVENT)
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            labels["outcome"] = "client_error"
+        finally:
+            await stream.__aexit__(None, None, None)
+            UPSTREAM_DURATION.labels(upstream.name, labels["model"], "true").observe(
+                time.perf_counter() - started
+            )
+        return response

@@ -1,0 +1,185 @@
+"""`railguard serve` (the flags of `nemoguardrails server`, plus ours) and `demo-upstream`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+
+from proxy.settings import (
+    Settings,
+    check_engine_env,
+    cors_origins_from_env,
+    default_upstream_from_env,
+    env_flag,
+)
+from rails.config import ConfigError, ConfigRoot, load_config_root
+from upstream import UpstreamConfigError
+
+log = logging.getLogger("railguard")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="railguard", description="Guardrails sidecar for OpenAI-compatible LLM servers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the guardrails server")
+    serve.add_argument("--config", default="config", help="config folder (default: ./config)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--default-config-id", default=None)
+    serve.add_argument("--disable-chat-ui", action="store_true")
+    serve.add_argument("--prefix", default="", help="serve every route under this path prefix")
+    serve.add_argument(
+        "--upstream", default=None, help="default upstream base URL, e.g. http://127.0.0.1:11434/v1"
+    )
+    serve.add_argument("--upstreams", default=None, help="YAML table of upstreams by model")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024)
+    serve.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="upstream connect timeout (s)"
+    )
+    serve.add_argument(
+        "--read-timeout", type=float, default=120.0, help="upstream read timeout (s)"
+    )
+    serve.add_argument("--log-level", default=os.environ.get("RAILGUARD_LOG_LEVEL", "INFO"))
+    demo = commands.add_parser("demo-upstream", help="run the echoing demo upstream (not a model)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=11435)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        config_path=Path(args.config),
+        host=args.host,
+        port=args.port,
+        default_config_id=args.default_config_id or os.environ.get("DEFAULT_CONFIG_ID") or None,
+        disable_chat_ui=args.disable_chat_ui,
+        prefix=args.prefix,
+        upstream_url=args.upstream or default_upstream_from_env(),
+        upstreams_file=Path(args.upstreams) if args.upstreams else None,
+        workers=max(1, args.workers),
+        cors_enabled=env_flag("NEMO_GUARDRAILS_SERVER_ENABLE_CORS"),
+        cors_origins=cors_origins_from_env(),
+        max_body_bytes=args.max_body_bytes,
+        connect_timeout=args.connect_timeout,
+        read_timeout=args.read_timeout,
+    )
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log line: user and password removed."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _new_loop() -> object:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        import asyncio
+
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _run(settings: Settings, root: ConfigRoot, reuse_port: bool) -> None:
+    from proxy.app import build_app
+
+    app = build_app(settings, root)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port or None,
+        access_log=None,
+        print=None,
+        loop=_new_loop(),  # type: ignore[arg-type]
+    )
+
+
+def _serve_workers(settings: Settings, root: ConfigRoot) -> int:
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=_run, args=(settings, root, True), name=f"railguard-worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def stop(signum: int, frame: object) -> None:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for worker in workers:
+        worker.join()
+    return max((w.exitcode or 0) for w in workers)
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    try:
+        check_engine_env()
+        root = load_config_root(settings.config_path)
+        from proxy.app import build_app
+
+        build_app(
+            settings, root
+        )  # compiles every config and the upstreams table: fail now, not later
+    except (ConfigError, UpstreamConfigError, ValueError) as exc:
+        print(f"railguard: cannot start: {exc}", file=sys.stderr)
+        return 2
+    upstream = (
+        redact_url(settings.upstream_url)
+        if settings.upstream_url
+        else "none (routing table and configs only)"
+    )
+    log.info(
+        "railguard serving on http://%s:%d%s; configs %s (default %s); upstream %s; %d worker(s)",
+        settings.host,
+        settings.port,
+        settings.normalized_prefix,
+        ", ".join(sorted(root.configs)),
+        settings.default_config_id or "-",
+        upstream,
+        settings.workers,
+    )
+    if settings.workers > 1:
+        return _serve_workers(settings, root)
+    _run(settings, root, reuse_port=False)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = getattr(args, "log_level", "INFO")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "demo-upstream":
+        from proxy.demo_upstream import run_demo_upstream
+
+        run_demo_upstream(args.host, args.port)
+        return 0
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

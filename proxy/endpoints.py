@@ -1,0 +1,94 @@
+"""The small endpoints: configs, challenges, models, health, readiness, metrics, checks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from metrics import REGISTRY, REQUESTS
+from proxy.chat import outcome, start_turn
+from proxy.configs import ConfigStore
+from proxy.errors import JSON, ApiError
+from proxy.request import parse_chat
+from upstream import Router, UpstreamError, UpstreamPool
+
+_OK = orjson.dumps({"status": "ok"})
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON)
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(body=_OK, content_type=JSON)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(body=_OK, content_type=JSON)
+
+
+class Endpoints:
+    """Handlers that need the loaded configs or the upstreams."""
+
+    def __init__(self, store: ConfigStore, router: Router, pool: UpstreamPool) -> None:
+        self.store = store
+        self.router = router
+        self.pool = pool
+        self._configs = orjson.dumps([{"id": cid} for cid in store.ids])
+        self._challenges = orjson.dumps(list(store.root.challenges))
+
+    async def configs(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._configs, content_type=JSON)
+
+    async def challenges(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._challenges, content_type=JSON)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ready", "configs": len(self.store.ids)})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def models(self, request: web.Request) -> web.Response:
+        """Every upstream's model list, merged by id; one that fails is skipped unless all do."""
+        upstreams = self.router.upstreams
+        results = await asyncio.gather(
+            *(self.pool.models(u, request.headers) for u in upstreams), return_exceptions=True
+        )
+        merged: dict[str, dict[str, Any]] = {}
+        errors: list[UpstreamError] = []
+        for result in results:
+            if isinstance(result, UpstreamError):
+                errors.append(result)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            for model in result:
+                if isinstance(model, dict) and isinstance(model.get("id"), str):
+                    merged.setdefault(model["id"], model)
+        if errors and not merged:
+            first = errors[0]
+            raise ApiError(first.status, first.message, type_=first.type, code=first.code)
+        return json_response({"object": "list", "data": list(merged.values())})
+
+    async def checks(self, request: web.Request) -> web.Response:
+        """Rails only, no main call: input rails on the user turn, output rails on a
+        trailing assistant message. `model` is optional here."""
+        chat = parse_chat(await request.read(), model_required=False)
+        guardrails = self.store.resolve(chat.guardrails.config_id, chat.guardrails.config_ids)
+        turn = start_turn(request, chat, guardrails, self.pool, self.router)
+        await turn.check_input()
+        content = turn.answer_without_model()
+        if not turn.blocked_by and turn.given_answer is not None:
+            await turn.check_output(turn.given_answer)
+            content = turn.bot_text or ""
+        result = outcome(turn)
+        REQUESTS.labels("checks", guardrails.id, "none", "false", result).inc()
+        status = {"passed": "passed", "modified": "modified"}.get(result, "blocked")
+        return json_response({"status": status, "content": content, "rail": turn.blocked_by})

@@ -1,0 +1,139 @@
+"""Parse and validate a chat-completions request: only the parts railguard reads.
+
+Every other field stays in the raw dict and reaches the upstream untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from proxy.errors import invalid
+from rails.options import DEFAULT_OPTIONS, GenerationOptions
+
+LEGACY_KEYS = ("config_id", "config_ids", "thread_id", "context", "options", "state")
+_Number = StrictFloat | StrictInt
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: StrictStr
+    content: StrictStr | list[dict[str, Any]] | None = None
+
+
+class GuardrailsRequest(BaseModel):
+    """The spec's GuardrailsRequestOptions."""
+
+    model_config = ConfigDict(extra="ignore")
+    config_id: StrictStr | None = None
+    config_ids: list[StrictStr] | None = Field(default=None, min_length=1)
+    thread_id: StrictStr | None = Field(default=None, min_length=16, max_length=255)
+    context: dict[str, Any] | None = None
+    options: GenerationOptions | None = None
+    state: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_config_selector(self) -> GuardrailsRequest:
+        if self.config_id is not None and self.config_ids is not None:
+            raise ValueError("`config_id` and `config_ids` are mutually exclusive: send only one.")
+        return self
+
+
+class ChatRequest(BaseModel):
+    """The OpenAI fields railguard reads or the spec types; extra fields are not checked here."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: StrictBool = False
+    max_tokens: StrictInt | None = None
+    temperature: _Number | None = None
+    top_p: _Number | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    presence_penalty: _Number | None = None
+    frequency_penalty: _Number | None = None
+    function_call: dict[str, Any] | StrictStr | None = None
+    logit_bias: dict[str, Any] | None = None
+    logprobs: StrictBool | None = None
+    guardrails: GuardrailsRequest | None = None
+
+
+@dataclass(slots=True)
+class ParsedChat:
+    body: dict[str, Any]  # the raw request, guardrails fields removed
+    model: str
+    stream: bool
+    messages: list[dict[str, Any]]
+    guardrails: GuardrailsRequest
+    options: GenerationOptions
+    body_changed: bool  # False when `body` equals the bytes received (forward them as-is)
+
+
+def _describe(error: ValidationError) -> tuple[str, str | None]:
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "missing":
+        return f"Missing required field `{loc}`.", loc
+    if first["type"] == "value_error":
+        return msg.removeprefix("Value error, "), loc or None
+    if loc == "guardrails.thread_id":
+        return "The `thread_id` must be between 16 and 255 characters long.", loc
+    return f"Invalid field `{loc}`: {msg}.", loc
+
+
+def parse_chat(raw: bytes, *, model_required: bool = True) -> ParsedChat:
+    """The request, validated; raises a 422 ApiError that says what is wrong."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"Request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise invalid("Request body must be a JSON object.", code="invalid_json")
+    if not model_required:
+        body.setdefault("model", "railguard-check")
+    changed = False
+    if "guardrails" not in body:
+        legacy = {key: body.pop(key) for key in LEGACY_KEYS if key in body}
+        if legacy:
+            body["guardrails"] = legacy
+            changed = True
+    try:
+        request = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        message, param = _describe(exc)
+        raise invalid(message, param=param) from exc
+    if "guardrails" in body:
+        del body["guardrails"]
+        changed = True
+    for key in LEGACY_KEYS:
+        if key in body:
+            del body[key]
+            changed = True
+    guardrails = request.guardrails or GuardrailsRequest()
+    options = guardrails.options or DEFAULT_OPTIONS
+    if options.llm_params:
+        body = {**options.llm_params, **body}
+        changed = True
+    return ParsedChat(
+        body=body,
+        model=request.model,
+        stream=request.stream,
+        messages=body["messages"],
+        guardrails=guardrails,
+        options=options,
+        body_changed=changed,
+    )

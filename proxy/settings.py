@@ -1,0 +1,72 @@
+"""Server settings: command-line flags first, then environment (NeMo's names kept)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Engines whose servers speak the OpenAI API, as NeMo names them.
+OPENAI_COMPATIBLE_ENGINES = frozenset(
+    {
+        "openai",
+        "nim",
+        "nvidia_ai_endpoints",
+        "vllm_openai",
+        "azure",
+        "ollama",
+        "trt_llm",
+        "self_hosted",
+    }
+)
+
+
+@dataclass(slots=True)
+class Settings:
+    config_path: Path = Path("config")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_config_id: str | None = None
+    disable_chat_ui: bool = False
+    prefix: str = ""
+    upstream_url: str | None = None
+    upstreams_file: Path | None = None
+    workers: int = 1
+    cors_enabled: bool = False
+    cors_origins: tuple[str, ...] = ("*",)
+    max_body_bytes: int = 10 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 120.0
+    combined_config_cache: int = 64
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def normalized_prefix(self) -> str:
+        prefix = self.prefix.strip()
+        if not prefix or prefix == "/":
+            return ""
+        return "/" + prefix.strip("/")
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def default_upstream_from_env() -> str | None:
+    """RAILGUARD_UPSTREAM_URL, else NeMo's MAIN_MODEL_BASE_URL."""
+    return os.environ.get("RAILGUARD_UPSTREAM_URL") or os.environ.get("MAIN_MODEL_BASE_URL") or None
+
+
+def check_engine_env() -> None:
+    """NeMo's MAIN_MODEL_ENGINE must name an OpenAI-compatible engine: that's all we proxy."""
+    engine = os.environ.get("MAIN_MODEL_ENGINE")
+    if engine and engine not in OPENAI_COMPATIBLE_ENGINES:
+        raise ValueError(
+            f"MAIN_MODEL_ENGINE={engine!r} is not an OpenAI-compatible engine; railguard "
+            f"proxies: {', '.join(sorted(OPENAI_COMPATIBLE_ENGINES))}"
+        )
+
+
+def cors_origins_from_env() -> tuple[str, ...]:
+    raw = os.environ.get("NEMO_GUARDRAILS_SERVER_ALLOWED_ORIGINS", "*")
+    return tuple(o.strip() for o in raw.split(",") if o.strip()) or ("*",)

@@ -1,0 +1,190 @@
+"""A config compiled into runnable rails, and the stage runner (the filter chain).
+
+Compiled once per config (at start-up, or once per `config_ids` combination); a request
+only walks the lists built here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from metrics import RAIL_CHECKS, RAIL_DURATION
+from rails.base import Action, CheckContext, Rail, Stage, Verdict
+from rails.config import ConfigError, RailsConfig
+from rails.model_caller import ModelTarget, model_targets
+from rails.registry import build_rail, split_flow
+
+log = logging.getLogger("railguard.rails")
+
+DEFAULT_TIMEOUT = 10.0
+Selection = bool | Sequence[str] | None
+
+
+@dataclass(slots=True)
+class RailRunner:
+    """One rail with its deadline, failure policy and pre-bound metrics."""
+
+    rail: Rail
+    timeout: float
+    fail_open: bool
+    config_id: str
+    _verdicts: dict[str, Any] = field(default_factory=dict)
+    _duration: Any = None
+
+    def __post_init__(self) -> None:
+        labels = (self.config_id, self.rail.name, self.rail.stage.value)
+        self._verdicts = {
+            v: RAIL_CHECKS.labels(*labels, v)
+            for v in ("pass", "block", "modify", "error", "timeout")
+        }
+        self._duration = RAIL_DURATION.labels(*labels)
+
+    async def run(self, text: str, ctx: CheckContext) -> tuple[Verdict, dict[str, Any]]:
+        started = time.time()
+        t0 = time.perf_counter()
+        outcome: str
+        try:
+            if self.rail.uses_model:
+                async with asyncio.timeout(self.timeout):
+                    verdict = await self.rail.check(text, ctx)
+            else:
+                verdict = await self.rail.check(text, ctx)
+            outcome = {Action.ALLOW: "pass", Action.BLOCK: "block", Action.REWRITE: "modify"}[
+                verdict.action
+            ]
+            decision = verdict.action.value
+        except Exception as exc:  # a failing rail must follow its policy, never crash the request
+            outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
+            verdict = Verdict(Action.ALLOW if self.fail_open else Action.BLOCK, reason=outcome)
+            decision = f"{outcome}: {'allow' if self.fail_open else 'block'}"
+            log.warning(
+                "rail %r failed (%s: %s); policy %s",
+                self.rail.name,
+                type(exc).__name__,
+                exc,
+                "fail open" if self.fail_open else "fail closed",
+            )
+        duration = time.perf_counter() - t0
+        self._verdicts[outcome].inc()
+        self._duration.observe(duration)
+        entry = {
+            "type": self.rail.stage.value,
+            "name": self.rail.name,
+            "decisions": [decision],
+            "executed_actions": [],
+            "stop": verdict.action is Action.BLOCK,
+            "additional_info": {"reason": verdict.reason} if verdict.reason else None,
+            "started_at": started,
+            "finished_at": started + duration,
+            "duration": duration,
+        }
+        return verdict, entry
+
+
+@dataclass(slots=True)
+class StageResult:
+    text: str
+    blocked_by: str | None = None
+    modified: bool = False
+    activated: list[dict[str, Any]] = field(default_factory=list)
+    duration: float = 0.0
+
+
+def _policy(config: RailsConfig, flow: str) -> tuple[float, bool]:
+    """`railguard.rails.<flow>: {timeout, on_error: block|allow}`, our own extension."""
+    section: Mapping[str, Any] = config.railguard or {}
+    default_timeout = float(section.get("rail_timeout", DEFAULT_TIMEOUT))
+    per_rail = (section.get("rails") or {}).get(flow) or {}
+    on_error = per_rail.get("on_error", section.get("on_error", "block"))
+    if on_error not in ("block", "allow"):
+        raise ConfigError(
+            "on_error must be 'block' or 'allow'",
+            file=config.file_for("railguard"),
+            key=f"railguard.rails.{flow}.on_error",
+        )
+    return float(per_rail.get("timeout", default_timeout)), on_error == "allow"
+
+
+class Guardrails:
+    """A config's rails, compiled. Raises ConfigError for anything it can't run."""
+
+    def __init__(self, config: RailsConfig) -> None:
+        self.config = config
+        self.id = config.id or "default"
+        self.refusal = config.refusal_message
+        self.targets: dict[str, ModelTarget] = model_targets(config)
+        self.input = self._compile(Stage.INPUT, config.input_flows)
+        self.output = self._compile(Stage.OUTPUT, config.output_flows)
+        self.parallel = {Stage.INPUT: config.input_parallel, Stage.OUTPUT: config.output_parallel}
+        self.uses_model = any(r.rail.uses_model for r in (*self.input, *self.output))
+
+    def _compile(self, stage: Stage, flows: Sequence[str]) -> list[RailRunner]:
+        runners = []
+        for index, flow in enumerate(flows):
+            rail = build_rail(self.config, flow, stage, f"rails.{stage.value}.flows[{index}]")
+            timeout, fail_open = _policy(self.config, flow)
+            runners.append(RailRunner(rail, timeout, fail_open, self.id))
+        return runners
+
+    def selected(self, stage: Stage, selection: Selection) -> list[RailRunner]:
+        """The rails `options.rails.<stage>` asks for: all, none, or the named ones."""
+        runners = self.input if stage is Stage.INPUT else self.output
+        if selection is None or selection is True:
+            return runners
+        if selection is False:
+            return []
+        names = set(selection)
+        return [r for r in runners if r.rail.name in names or split_flow(r.rail.name)[0] in names]
+
+    async def run_stage(
+        self, stage: Stage, text: str, ctx: CheckContext, selection: Selection = None
+    ) -> StageResult:
+        runners = self.selected(stage, selection)
+        result = StageResult(text)
+        if not runners:
+            return result
+        t0 = time.perf_counter()
+        if self.parallel[stage] and len(runners) > 1:
+            await self._run_parallel(runners, result, ctx)
+        else:
+            for runner in runners:
+                verdict, entry = await runner.run(result.text, ctx)
+                result.activated.append(entry)
+                if self._apply(verdict, runner, result):
+                    break
+        result.duration = time.perf_counter() - t0
+        return result
+
+    async def _run_parallel(
+        self, runners: list[RailRunner], result: StageResult, ctx: CheckContext
+    ) -> None:
+        """All rails on the same text at once; the first block cancels the rest."""
+        tasks = {asyncio.ensure_future(r.run(result.text, ctx)): r for r in runners}
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: runners.index(tasks[t])):
+                    verdict, entry = task.result()
+                    result.activated.append(entry)
+                    if self._apply(verdict, tasks[task], result):
+                        return
+        finally:
+            for task in pending:
+                task.cancel()
+
+    @staticmethod
+    def _apply(verdict: Verdict, runner: RailRunner, result: StageResult) -> bool:
+        """Fold a verdict into the stage result; True when the stage must stop."""
+        if verdict.action is Action.BLOCK:
+            result.blocked_by = runner.rail.name
+            return True
+        if verdict.action is Action.REWRITE and verdict.text is not None:
+            result.text = verdict.text
+            result.modified = True
+        return False

@@ -1,0 +1,208 @@
+"""One guarded exchange: input rails, the caller's main call, output rails, and the
+`guardrails` envelope describing what happened.
+
+The caller (the HTTP proxy, or the Python API) owns the main call so it can stream it;
+everything about rails lives here, so both use the same engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from rails.base import CheckContext, Stage
+from rails.guardrails import Guardrails, StageResult
+from rails.model_caller import ModelCaller
+from rails.options import GenerationOptions
+from upstream.wire import content_text
+
+
+def current_user_turn(messages: list[dict[str, Any]]) -> tuple[list[int], int | None]:
+    """Indexes of every user message since the last assistant message before them, and
+    the index of a trailing assistant message (a bot answer to check) if there is one.
+
+    All of them are checked, not only the last: two consecutive user messages can't
+    smuggle an attack past the input rails.
+    """
+    end = len(messages)
+    answer = None
+    if end and messages[-1].get("role") == "assistant":
+        answer = end - 1
+        end -= 1
+    users: list[int] = []
+    for index in range(end - 1, -1, -1):
+        role = messages[index].get("role")
+        if role == "assistant":
+            break
+        if role == "user":
+            users.append(index)
+    users.reverse()
+    return users, answer
+
+
+class Turn:
+    """The state of one request's rails; methods run in request order."""
+
+    def __init__(
+        self,
+        guardrails: Guardrails,
+        messages: list[dict[str, Any]],
+        *,
+        model: str,
+        options: GenerationOptions,
+        context: Mapping[str, Any] | None = None,
+        caller: ModelCaller | None = None,
+    ) -> None:
+        self.guardrails = guardrails
+        self.options = options
+        self.messages = messages
+        self.started = time.perf_counter()
+        self._user_indexes, answer_index = current_user_turn(messages)
+        self.user_text = "\n".join(
+            content_text(messages[i].get("content")) for i in self._user_indexes
+        )
+        self.given_answer = (
+            content_text(messages[answer_index].get("content"))
+            if answer_index is not None
+            else None
+        )
+        self.ctx = CheckContext(
+            user_text=self.user_text,
+            bot_text=None,
+            messages=messages,
+            context=context or {},
+            model=model,
+            caller=caller,
+        )
+        self.input: StageResult | None = None
+        self.output: StageResult | None = None
+        self.bot_text: str | None = None
+        self._main_calls: list[dict[str, Any]] = []
+
+    @property
+    def calls_model(self) -> bool:
+        """False in the spec's check mode (`dialog: false`): rails only, no main call."""
+        return self.options.rails.dialog
+
+    @property
+    def blocked_by(self) -> str | None:
+        for stage in (self.input, self.output):
+            if stage is not None and stage.blocked_by:
+                return stage.blocked_by
+        return None
+
+    @property
+    def modified(self) -> bool:
+        return any(s is not None and s.modified for s in (self.input, self.output))
+
+    def output_rails_selected(self) -> bool:
+        return bool(self.guardrails.selected(Stage.OUTPUT, self.options.rails.output))
+
+    async def check_input(self) -> StageResult:
+        """Run input rails on the user turn; a rewrite of a one-message turn replaces it."""
+        self.input = await self.guardrails.run_stage(
+            Stage.INPUT, self.user_text, self.ctx, self.options.rails.input
+        )
+        if self.input.modified and len(self._user_indexes) == 1:
+            index = self._user_indexes[0]
+            self.messages[index] = {**self.messages[index], "content": self.input.text}
+            self.ctx.user_text = self.input.text
+        return self.input
+
+    async def check_output(self, text: str) -> StageResult:
+        """Run output rails on one answer; with several choices, `self.output` sums them."""
+        self.ctx.bot_text = text
+        result = await self.guardrails.run_stage(
+            Stage.OUTPUT, text, self.ctx, self.options.rails.output
+        )
+        self.bot_text = self.guardrails.refusal if result.blocked_by else result.text
+        previous = self.output
+        if previous is None:
+            self.output = result
+        else:
+            self.output = StageResult(
+                text=result.text,
+                blocked_by=previous.blocked_by or result.blocked_by,
+                modified=previous.modified or result.modified,
+                activated=[*previous.activated, *result.activated],
+                duration=previous.duration + result.duration,
+            )
+        return result
+
+    def answer_without_model(self) -> str:
+        """Check mode's answer: the checked bot message if one was given, else the user's text."""
+        if self.given_answer is not None:
+            return self.given_answer
+        return self.input.text if self.input else self.user_text
+
+    def record_main_call(
+        self, model: str, duration: float, completion: str, usage: Mapping[str, Any] | None
+    ) -> None:
+        usage = usage or {}
+        now = time.time()
+        self._main_calls.append(
+            {
+                "task": "general",
+                "llm_model_name": model,
+                "prompt": self.user_text,
+                "completion": completion,
+                "started_at": now - duration,
+                "finished_at": now,
+                "duration": duration,
+                "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": usage.get("completion_tokens"),
+                "total_tokens": usage.get("total_tokens"),
+            }
+        )
+
+    # --- the envelope -------------------------------------------------------------
+
+    def _llm_calls(self) -> list[dict[str, Any]]:
+        rail_calls = self.ctx.caller.calls if self.ctx.caller else []
+        return sorted([*rail_calls, *self._main_calls], key=lambda c: c["started_at"])
+
+    def log(self) -> dict[str, Any] | None:
+        wanted = self.options.log
+        if not wanted.wanted:
+            return None
+        calls = self._llm_calls()
+        stages = [s for s in (self.input, self.output) if s is not None]
+        result: dict[str, Any] = {
+            "activated_rails": [e for s in stages for e in s.activated]
+            if wanted.activated_rails
+            else [],
+            "llm_calls": calls if wanted.llm_calls else [],
+            "internal_events": [] if wanted.internal_events else None,
+            "colang_history": "" if wanted.colang_history else None,
+            "stats": {
+                "input_rails_duration": self.input.duration if self.input else None,
+                "dialog_rails_duration": None,
+                "generation_rails_duration": sum(c["duration"] for c in self._main_calls) or None,
+                "output_rails_duration": self.output.duration if self.output else None,
+                "total_duration": time.perf_counter() - self.started,
+                "llm_calls_duration": sum(c["duration"] for c in calls),
+                "llm_calls_count": len(calls),
+                "llm_calls_total_prompt_tokens": sum(c["prompt_tokens"] or 0 for c in calls),
+                "llm_calls_total_completion_tokens": sum(
+                    c["completion_tokens"] or 0 for c in calls
+                ),
+                "llm_calls_total_tokens": sum(c["total_tokens"] or 0 for c in calls),
+            },
+        }
+        return result
+
+    def output_data(self) -> dict[str, Any] | None:
+        wanted = self.options.output_vars
+        if not wanted:
+            return None
+        variables = {
+            **self.ctx.context,
+            "user_message": self.user_text,
+            "bot_message": self.bot_text,
+            "triggered_input_rail": self.input.blocked_by if self.input else None,
+            "triggered_output_rail": self.output.blocked_by if self.output else None,
+        }
+        if wanted is True:
+            return variables
+        return {name: variables.get(name) for name in wanted}

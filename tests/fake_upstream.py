@@ -1,0 +1,150 @@
+"""A fake OpenAI-compatible upstream: a real aiohttp server that records what it got.
+
+Tests steer it per call with `FakeUpstream.next(...)`; by default it echoes the last user
+message, answers self-check prompts with a verdict from `judge`, and streams word by word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from upstream.wire import chunk, content_text, sse_event
+
+BLOCK_WORDS = ("stupid", "forbidden")
+
+
+def default_judge(prompt: str) -> str:
+    """Answer a self-check prompt: 'Yes' (block) when a test's trigger word is in it."""
+    return "Yes" if any(w in prompt.lower() for w in BLOCK_WORDS) else "No"
+
+
+@dataclass
+class Plan:
+    """How to answer one request."""
+
+    status: int = 200
+    body: bytes | None = None  # raw body to send instead of a completion
+    content: str | None = None  # answer text instead of the echo
+    chunks: list[bytes] | None = None  # raw SSE bytes to stream
+    delay: float = 0.0
+    die_after: int | None = None  # streams: close the connection after this many chunks
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into the completion JSON
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.plans: list[Plan] = []
+        self.judge: Callable[[str], str] = default_judge
+        self.url = ""
+
+    def next(self, **plan: Any) -> None:
+        self.plans.append(Plan(**plan))
+
+    @property
+    def chat_calls(self) -> list[Received]:
+        return [r for r in self.received if r.path.endswith("/chat/completions")]
+
+    @property
+    def main_calls(self) -> list[Received]:
+        """Chat calls that are not self-check prompts."""
+        return [r for r in self.chat_calls if not _is_check(r.body)]
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.received.append(Received(request.path, dict(request.headers), {}))
+        data = {
+            "object": "list",
+            "data": [{"id": "fake-model", "object": "model", "owned_by": "test"}],
+        }
+        return web.json_response(data)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.received.append(Received(request.path, dict(request.headers), body))
+        checking = _is_check(body)
+        plan = self.plans.pop(0) if self.plans and not checking else Plan()
+        if plan.delay:
+            await asyncio.sleep(plan.delay)
+        if plan.body is not None or plan.status != 200:
+            return web.Response(
+                status=plan.status, body=plan.body or b"", content_type="application/json"
+            )
+        messages = body.get("messages") or []
+        last = content_text(messages[-1].get("content")) if messages else ""
+        text = (
+            self.judge(last)
+            if checking
+            else (plan.content if plan.content is not None else f"echo: {last}")
+        )
+        if body.get("stream"):
+            return await self._stream(request, body, text, plan)
+        data: dict[str, Any] = {
+            "id": "chatcmpl-fake-123",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": body.get("model"),
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+            **plan.extra,
+        }
+        return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], text: str, plan: Plan
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        events = plan.chunks
+        if events is None:
+            model = str(body.get("model"))
+            events = [
+                sse_event(
+                    chunk(model, "chatcmpl-fake-s", {"role": "assistant", "content": ""}, None, 1)
+                )
+            ]
+            events += [
+                sse_event(chunk(model, "chatcmpl-fake-s", {"content": w}, None, 1))
+                for w in text.split(" ")
+            ]
+            events.append(sse_event(chunk(model, "chatcmpl-fake-s", {}, "stop", 1)))
+            events.append(b"data: [DONE]\n\n")
+        for index, event in enumerate(events):
+            if plan.die_after is not None and index >= plan.die_after:
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            await response.write(event)
+            await asyncio.sleep(0)
+        await response.write_eof()
+        return response
+
+
+def _is_check(body: dict[str, Any]) -> bool:
+    messages = body.get("messages") or []
+    return bool(messages) and "(Yes or No)?" in content_text(messages[-1].get("content"))

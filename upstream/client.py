@@ -1,0 +1,401 @@
+"""HTTP to OpenAI-compatible upstreams over pooled keep-alive connections.
+
+This is the request hot path: everything about an upstream that does not change per
+request (session, URLs, timeouts, static headers) is built once, bodies go through as
+bytes, and streams are cut into SSE events with bytes operations, not per-line Python.
+Every aiohttp failure leaves this module as an `UpstreamError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from upstream.errors import (
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from upstream.routing import Upstream
+
+HOP_BY_HOP = frozenset(
+    {
+        # RFC 9110 §7.6.1: meaningful for one connection only
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        # describe the request railguard sends, so aiohttp or railguard set them
+        "host",
+        "content-length",
+        "content-type",
+        "accept-encoding",
+        "authorization",
+        # the body is already read; forwarding this would wait for a 100 Continue
+        "expect",
+    }
+)
+
+# aiohttp must reap closed TLS transports itself only on Pythons without cpython#118960,
+# and warns when asked to on the others.
+_CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13) <= sys.version_info < (3, 13, 1)
+_FAILURES = (aiohttp.ClientError, TimeoutError)
+_EVENT_END = b"\n\n"
+
+
+def forwardable_headers(client_headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's end-to-end headers: what may be passed on to an upstream."""
+    return _forward(client_headers, HOP_BY_HOP)[0]
+
+
+def _forward(
+    client_headers: Mapping[str, str], drop: frozenset[str]
+) -> tuple[dict[str, str], str | None]:
+    """Client headers minus `drop` and those its Connection header names; and its Authorization."""
+    kept: dict[str, str] = {}
+    authorization: str | None = None
+    connection = ""
+    for name, value in client_headers.items():
+        lower = name.lower()
+        if lower not in drop:
+            kept[name] = value
+        elif lower == "authorization":
+            authorization = value
+        elif lower == "connection":
+            connection = f"{connection},{value}"
+    named = {token.strip().lower() for token in connection.split(",")} - HOP_BY_HOP - {""}
+    if named:
+        kept = {name: value for name, value in kept.items() if name.lower() not in named}
+    return kept, authorization
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """A successful non-streaming completion, exactly as the upstream sent it."""
+
+    status: int
+    data: dict[str, Any]
+    elapsed: float
+
+
+class _Route:
+    """What requests to one upstream share, built on first use."""
+
+    __slots__ = (
+        "_session",
+        "authorization",
+        "chat_url",
+        "drop",
+        "models_url",
+        "static",
+        "upstream",
+    )
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.chat_url = URL(f"{upstream.base_url}/chat/completions")
+        self.models_url = URL(f"{upstream.base_url}/models")
+        # A configured Authorization header is kept apart: an api key still overrides it.
+        self.authorization: str | None = None
+        static: dict[str, str] = {}
+        for name, value in upstream.headers:
+            if name.lower() == "authorization":
+                self.authorization = value
+            else:
+                static[name] = value
+        if all(name.lower() != "content-type" for name in static):
+            static["Content-Type"] = "application/json"
+        self.static = static
+        # The upstream's own headers win over a client header of the same name.
+        self.drop = HOP_BY_HOP | {name.lower() for name in static}
+        self._session: aiohttp.ClientSession | None = None
+
+    def headers(self, client_headers: Mapping[str, str] | None) -> dict[str, str]:
+        headers, authorization = (
+            _forward(client_headers, self.drop) if client_headers else ({}, None)
+        )
+        headers.update(self.static)
+        key = self.upstream.api_key()
+        if key:
+            authorization = f"Bearer {key}"
+        elif self.authorization is not None:
+            authorization = self.authorization
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        return headers
+
+    def session(self) -> aiohttp.ClientSession:
+        """Created lazily because a ClientSession needs the running event loop."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=0,
+                keepalive_timeout=30,
+                enable_cleanup_closed=_CLEANUP_CLOSED,
+                ttl_dns_cache=300,
+            )
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.upstream.connect_timeout,
+                sock_read=self.upstream.read_timeout,
+            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        return self._session
+
+    async def fetch(
+        self, method: str, url: URL, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """Status and body of a 2xx answer; anything else raises an UpstreamError."""
+        try:
+            async with self.session().request(
+                method, url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                status = resp.status
+                raw = await resp.read()
+        except _FAILURES as exc:
+            raise _failure(self.upstream, exc) from exc
+        if not 200 <= status < 300:
+            raise _http_error(self.upstream, status, raw, headers)
+        return status, raw
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class UpstreamPool:
+    """One pooled aiohttp.ClientSession per upstream, created lazily.
+
+    Keyed by the whole (frozen) Upstream, which includes its name and base_url, so an
+    upstream with other timeouts or headers never reuses stale per-upstream state.
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[Upstream, _Route] = {}
+
+    def _route(self, upstream: Upstream) -> _Route:
+        route = self._routes.get(upstream)
+        if route is None:
+            route = self._routes[upstream] = _Route(upstream)
+        return route
+
+    def headers_for(
+        self, upstream: Upstream, client_headers: Mapping[str, str] | None
+    ) -> dict[str, str]:
+        """Forwardable client headers, the upstream's own, and the Authorization to send.
+
+        The upstream's api key wins; without one the client's Authorization goes through.
+        """
+        return self._route(upstream).headers(client_headers)
+
+    async def chat(
+        self, upstream: Upstream, body: bytes, client_headers: Mapping[str, str] | None = None
+    ) -> ChatResult:
+        """POST a non-streaming chat completion, sending `body` untouched."""
+        route = self._route(upstream)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, raw = await route.fetch("POST", route.chat_url, body, route.headers(client_headers))
+        return ChatResult(status, _json_object(upstream, raw), loop.time() - started)
+
+    def stream(
+        self, upstream: Upstream, body: bytes, client_headers: Mapping[str, str] | None = None
+    ) -> UpstreamStream:
+        """A streaming chat completion; use as `async with pool.stream(...) as events`."""
+        route = self._route(upstream)
+        return UpstreamStream(route, body, route.headers(client_headers))
+
+    async def models(
+        self, upstream: Upstream, client_headers: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The `data` list of the upstream's GET /models."""
+        route = self._route(upstream)
+        _, raw = await route.fetch("GET", route.models_url, None, route.headers(client_headers))
+        data = _json_object(upstream, raw).get("data")
+        if not isinstance(data, list):
+            raise UpstreamBadResponse(f"Upstream {upstream.name} sent a model list without 'data'")
+        return [model for model in data if isinstance(model, dict)]
+
+    async def close(self) -> None:
+        for route in self._routes.values():
+            await route.close()
+
+
+class UpstreamStream:
+    """Async context manager: opens the streaming POST; errors before the first byte
+    raise UpstreamError from __aenter__ (so the proxy can still answer with a proper status).
+
+    Iterating yields complete SSE events as bytes, each ending with b"\\n\\n" exactly as
+    the upstream sent them (\\r\\n framing normalised to \\n), so the proxy can forward them
+    byte for byte. A connection that dies or times out mid-stream raises UpstreamError from
+    the iterator; EOF ends iteration, even without [DONE]. __aexit__ releases the response,
+    closing the connection if the stream did not finish so a cancelled stream stops the
+    upstream generating.
+    """
+
+    __slots__ = (
+        "_body",
+        "_buf",
+        "_eof",
+        "_headers",
+        "_resp",
+        "_route",
+        "first_chunk_at",
+        "started",
+        "status",
+    )
+
+    def __init__(self, route: _Route, body: bytes, headers: dict[str, str]) -> None:
+        self._route = route
+        self._body = body
+        self._headers = headers
+        self._resp: aiohttp.ClientResponse | None = None
+        self._buf = bytearray()
+        self._eof = False
+        self.status = 0
+        self.started = 0.0
+        self.first_chunk_at: float | None = None
+
+    async def __aenter__(self) -> UpstreamStream:
+        route = self._route
+        loop = asyncio.get_running_loop()
+        self.started = loop.time()
+        try:
+            resp = await route.session().post(
+                route.chat_url, data=self._body, headers=self._headers, allow_redirects=False
+            )
+        except _FAILURES as exc:
+            raise _failure(route.upstream, exc) from exc
+        self.status = resp.status
+        ok = 200 <= resp.status < 300
+        try:
+            # Waiting for the first chunk here keeps "failed before any output" an
+            # error the proxy can still answer with a status code.
+            first = await (resp.content.readany() if ok else resp.read())
+        except _FAILURES as exc:
+            resp.close()
+            raise _failure(route.upstream, exc) from exc
+        except BaseException:
+            resp.close()
+            raise
+        if not ok:
+            resp.release()
+            raise _http_error(route.upstream, resp.status, first, self._headers)
+        if first:
+            self.first_chunk_at = loop.time()
+            self._feed(first)
+        else:
+            self._eof = True
+        self._resp = resp
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        resp, self._resp = self._resp, None
+        if resp is None:
+            return
+        if resp.content.is_eof():
+            resp.release()
+        else:
+            resp.close()
+
+    def __aiter__(self) -> UpstreamStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            end = self._buf.find(_EVENT_END)
+            if end >= 0:
+                return self._take(end + 2)
+            if self._eof:
+                return self._take_rest()
+            chunk = await self._read()
+            if not chunk:
+                self._eof = True
+            elif not self._buf and b"\r" not in chunk and chunk.find(_EVENT_END) == len(chunk) - 2:
+                return chunk  # the usual case: one whole event per read, passed on uncopied
+            else:
+                self._feed(chunk)
+
+    async def _read(self) -> bytes:
+        if self._resp is None:
+            raise RuntimeError("iterate an UpstreamStream inside 'async with'")
+        try:
+            return await self._resp.content.readany()
+        except _FAILURES as exc:
+            raise _failure(self._route.upstream, exc) from exc
+
+    def _feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+        if b"\r" in chunk:
+            # A trailing \r stays until its \n arrives with the next read.
+            self._buf = self._buf.replace(b"\r\n", b"\n")
+
+    def _take(self, size: int) -> bytes:
+        event = bytes(self._buf[:size])
+        del self._buf[:size]
+        return event
+
+    def _take_rest(self) -> bytes:
+        """At EOF: an unterminated last event still counts; blank leftovers end the stream."""
+        rest = bytes(self._buf).rstrip(b"\r\n")
+        self._buf.clear()
+        if not rest.strip():
+            raise StopAsyncIteration
+        return rest + _EVENT_END
+
+
+def _json_object(upstream: Upstream, raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamBadResponse(f"Upstream {upstream.name} sent a body that is not JSON") from exc
+    if not isinstance(data, dict):
+        raise UpstreamBadResponse(f"Upstream {upstream.name} sent JSON that is not an object")
+    return data
+
+
+def _http_error(
+    upstream: Upstream, status: int, raw: bytes, headers: Mapping[str, str]
+) -> UpstreamHTTPError:
+    """An upstream may echo the credential it got, so that token is kept out of the message."""
+    authorization = headers.get("Authorization")
+    secrets = () if authorization is None else (authorization.partition(" ")[2] or authorization,)
+    return UpstreamHTTPError.from_body(upstream.name, status, raw, secrets)
+
+
+def _failure(upstream: Upstream, exc: BaseException) -> UpstreamError:
+    """The UpstreamError for an aiohttp/timeout exception; never includes URLs or headers."""
+    name = upstream.name
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout(
+            f"Upstream {name} did not accept a connection within {upstream.connect_timeout:g}s"
+        )
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"Upstream {name} sent nothing for {upstream.read_timeout:g}s")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamUnreachable(f"Upstream {name} broke off its response")
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        return UpstreamUnreachable(f"Upstream {name} is unreachable: {reason}")
+    return UpstreamBadResponse(f"Upstream {name} sent an invalid HTTP response")

@@ -1,0 +1,137 @@
+"""The OpenAI chat-completions wire format: the one place that knows its shapes.
+
+Everything that builds or reads OpenAI JSON and server-sent events goes through here,
+so a change in the format is a change in one file.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+DONE_EVENT = b"data: [DONE]\n\n"
+SSE_CONTENT_TYPE = "text/event-stream"
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-rg-{uuid.uuid4().hex}"
+
+
+def sse_event(obj: Any) -> bytes:
+    """One server-sent event carrying a JSON object."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The payload of an SSE event's `data:` lines, or None when it has none (comments, pings)."""
+    parts = [
+        line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in event.splitlines()
+    ]
+    data = [p for p in parts if p is not None]
+    if not data:
+        return None
+    return b"\n".join(data)
+
+
+def error_object(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"message": message, "type": type_, "param": param, "code": code}
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error envelope, with the message also under `detail`.
+
+    The spec's ErrorResponse reads `detail`; OpenAI clients read `error`.
+    """
+    return {"error": error_object(message, type_, code, param), "detail": message}
+
+
+def upstream_error_message(payload: Any) -> str | None:
+    """The human message in an upstream's error JSON (OpenAI, vLLM, TGI, Ollama shapes)."""
+    if isinstance(payload, dict):
+        err = payload.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        for key in ("message", "detail"):
+            if isinstance(payload.get(key), str):
+                return str(payload[key])
+    return None
+
+
+def upstream_error_code(payload: Any) -> str | None:
+    """The string `error.code` of an upstream's error JSON (vLLM puts an int status there)."""
+    if isinstance(payload, dict):
+        err = payload.get("error")
+        if isinstance(err, dict) and isinstance(err.get("code"), str) and err["code"]:
+            return str(err["code"])
+    return None
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's `content`: a string, or the text parts of a content array."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type", "text") == "text"
+        )
+    return str(content)
+
+
+def completion(
+    model: str, content: str, finish_reason: str = "stop", completion_id: str | None = None
+) -> dict[str, Any]:
+    """A chat.completion railguard answers itself (a refusal, or a rails-only check)."""
+    return {
+        "id": completion_id or new_completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+def chunk(
+    model: str,
+    completion_id: str,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    created: int | None = None,
+) -> dict[str, Any]:
+    """One chat.completion.chunk."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created if created is not None else int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+def first_message(response: dict[str, Any]) -> dict[str, Any] | None:
+    """The first choice's message of a chat.completion, when it has one."""
+    choices = response.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message")
+        if isinstance(message, dict):
+            return message
+    return None
