@@ -88,6 +88,8 @@ class Endpoints:
         if not turn.blocked_by and turn.given_answer is not None:
             await turn.check_output(turn.given_answer)
             content = turn.bot_text or ""
+        if turn.blocked_by:
+            content = guardrails.refusal
         result = outcome(turn)
         REQUESTS.labels("checks", guardrails.id, "none", "false", result).inc()
         status = {"passed": "passed", "modified": "modified"}.get(result, "blocked")

@@ -1,0 +1,160 @@
+"""`stream: true`: upstream events pass through byte for byte; blocks and failures end cleanly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tests.conftest import StartRailguard
+from tests.fake_upstream import FakeUpstream
+from upstream.wire import chunk, sse_event
+
+REFUSAL = "I'm sorry, I can't respond to that."
+
+
+async def stream(
+    http: aiohttp.ClientSession, base: str, body: dict[str, Any]
+) -> tuple[int, str, bytes]:
+    async with http.post(f"{base}/v1/chat/completions", json={**body, "stream": True}) as response:
+        return response.status, response.headers.get("Content-Type", ""), await response.read()
+
+
+def events(raw: bytes) -> list[Any]:
+    out: list[Any] = []
+    for event in raw.split(b"\n\n"):
+        if event.startswith(b"data: "):
+            payload = event[6:]
+            out.append("[DONE]" if payload == b"[DONE]" else orjson.loads(payload))
+    return out
+
+
+async def test_stream_passes_upstream_events_through_unchanged(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard()
+    upstream_events = [
+        sse_event(chunk("m1", "c1", {"role": "assistant", "content": ""}, None, 5)),
+        sse_event(chunk("m1", "c1", {"content": "Hel"}, None, 5)),
+        b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"lo"},"logprobs":{"x":1}}],"vendor":7}\n\n',
+        b": keep-alive comment\n\n",
+        sse_event(chunk("m1", "c1", {}, "stop", 5)),
+        b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    fake_upstream.next(chunks=upstream_events)
+    status, content_type, raw = await stream(
+        http,
+        base,
+        {
+            "model": "m1",
+            "messages": [{"role": "user", "content": "hi"}],
+            "guardrails": {"config_id": "input_only"},
+        },
+    )
+    assert status == 200
+    assert content_type.startswith("text/event-stream")
+    assert raw == b"".join(upstream_events)
+
+
+async def test_stream_without_done_gets_one(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard()
+    fake_upstream.next(chunks=[sse_event(chunk("m1", "c1", {"content": "x"}, "stop", 5))])
+    _, _, raw = await stream(
+        http,
+        base,
+        {
+            "model": "m1",
+            "messages": [{"role": "user", "content": "hi"}],
+            "guardrails": {"config_id": "open"},
+        },
+    )
+    assert events(raw)[-1] == "[DONE]"
+    assert raw.count(b"[DONE]") == 1
+
+
+async def test_stream_input_block_sends_refusal_chunk_finish_and_done(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard()
+    _, _, raw = await stream(
+        http,
+        base,
+        {
+            "model": "m1",
+            "messages": [{"role": "user", "content": "the secret"}],
+            "guardrails": {"config_id": "input_only"},
+        },
+    )
+    parsed = events(raw)
+    assert len(parsed) == 3
+    assert parsed[0]["choices"][0]["delta"] == {"role": "assistant", "content": REFUSAL}
+    assert parsed[0]["object"] == "chat.completion.chunk"
+    assert parsed[1]["choices"][0]["finish_reason"] == "stop"
+    assert parsed[1]["guardrails"]["config_id"] == "input_only"
+    assert parsed[2] == "[DONE]"
+    assert fake_upstream.main_calls == []
+
+
+async def test_stream_with_output_rails_is_refused_until_streaming_rails_exist(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard()
+    body = {
+        "model": "m1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "guardrails": {"config_id": "regex"},
+    }
+    async with http.post(f"{base}/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.status == 422
+        error = (await response.json())["error"]
+    assert "output rails" in error["message"]
+    assert fake_upstream.chat_calls == []
+    # With output rails switched off for the request, it streams.
+    body["guardrails"] = {"config_id": "regex", "options": {"rails": {"output": False}}}
+    status, _, raw = await stream(http, base, body)
+    assert status == 200 and events(raw)[-1] == "[DONE]"
+
+
+async def test_upstream_dying_mid_stream_ends_with_error_event_and_done(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard()
+    fake_upstream.next(content="one two three four", die_after=2)
+    status, _, raw = await stream(
+        http,
+        base,
+        {
+            "model": "m1",
+            "messages": [{"role": "user", "content": "hi"}],
+            "guardrails": {"config_id": "open"},
+        },
+    )
+    assert status == 200
+    parsed = events(raw)
+    assert parsed[-1] == "[DONE]"
+    error = parsed[-2]["error"]
+    assert error["type"] == "upstream_error" and error["message"]
+    assert parsed[0]["choices"][0]["delta"]["role"] == "assistant"
+
+
+async def test_check_mode_stream_answers_without_upstream(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard()
+    options = {"rails": {"input": True, "output": False, "dialog": False}}
+    _, _, raw = await stream(
+        http,
+        base,
+        {
+            "model": "m1",
+            "messages": [{"role": "user", "content": "fine"}],
+            "guardrails": {"config_id": "regex", "options": options},
+        },
+    )
+    parsed = events(raw)
+    assert parsed[0]["choices"][0]["delta"]["content"] == "fine"
+    assert fake_upstream.chat_calls == []
