@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
+from proxy.app import build_app
 from proxy.settings import (
     Settings,
     check_engine_env,
@@ -98,11 +99,8 @@ def _new_loop() -> object:
 
 
 def _run(settings: Settings, root: ConfigRoot, reuse_port: bool) -> None:
-    from proxy.app import build_app
-
-    app = build_app(settings, root)
     web.run_app(
-        app,
+        build_app(settings, root),
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port or None,
@@ -138,14 +136,18 @@ def serve(args: argparse.Namespace) -> int:
     try:
         check_engine_env()
         root = load_config_root(settings.config_path)
-        from proxy.app import build_app
-
-        build_app(
-            settings, root
-        )  # compiles every config and the upstreams table: fail now, not later
+        # Compile every config and the upstreams table now: fail at start, never at request.
+        build_app(settings, root)
     except (ConfigError, UpstreamConfigError, ValueError) as exc:
         print(f"railguard: cannot start: {exc}", file=sys.stderr)
         return 2
+    for config_id, config in root.configs.items():
+        if config.ignored:
+            log.warning(
+                "config %r: ignoring what railguard does not run: %s",
+                config_id,
+                ", ".join(config.ignored),
+            )
     upstream = (
         redact_url(settings.upstream_url)
         if settings.upstream_url

@@ -6,15 +6,12 @@ on first use and kept in a bounded cache. An id is only ever a key of this table
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
 from proxy.errors import invalid
 from rails.config import ConfigError, ConfigRoot, combine
 from rails.guardrails import Guardrails
-
-log = logging.getLogger("railguard.configs")
 
 
 class ConfigStore:
@@ -32,13 +29,6 @@ class ConfigStore:
         self.default_id = default_id
         self._combined: OrderedDict[tuple[str, ...], Guardrails] = OrderedDict()
         self._cache_size = cache_size
-        for cid, config in root.configs.items():
-            if config.ignored:
-                log.warning(
-                    "config %r: ignoring what railguard does not run: %s",
-                    cid,
-                    ", ".join(config.ignored),
-                )
 
     @property
     def ids(self) -> list[str]:
