@@ -5,6 +5,7 @@ Every other field stays in the raw dict and reaches the upstream untouched.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,15 +83,22 @@ class ParsedChat:
     body_changed: bool  # False when `body` equals the bytes received (forward them as-is)
 
 
+# Pydantic puts the label of each member of a union into `loc` ('float', 'list[str]',
+# 'Message'...); they are not fields, so they are kept out of the names clients see.
+# Field names here are lower-case identifiers, never a type name.
+_UNION_LABEL = re.compile(r"^(?:str|int|float|bool|bytes|none|list|dict|[A-Z]\w*)$|[\[\-]")
+
+
 def _describe(error: ValidationError) -> tuple[str, str | None]:
     first = error.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    parts = [p for p in first["loc"] if not (isinstance(p, str) and _UNION_LABEL.search(p))]
+    loc = ".".join(str(p) for p in parts)
     msg = first["msg"]
     if first["type"] == "missing":
         return f"Missing required field `{loc}`.", loc
     if first["type"] == "value_error":
         return msg.removeprefix("Value error, "), loc or None
-    if loc == "guardrails.thread_id":
+    if loc == "guardrails.thread_id" and first["type"] in ("string_too_short", "string_too_long"):
         return "The `thread_id` must be between 16 and 255 characters long.", loc
     return f"Invalid field `{loc}`: {msg}.", loc
 

@@ -9,6 +9,7 @@ Every aiohttp failure leaves this module as an `UpstreamError`.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -396,6 +397,16 @@ def _failure(upstream: Upstream, exc: BaseException) -> UpstreamError:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return UpstreamUnreachable(f"Upstream {name} broke off its response")
     if isinstance(exc, aiohttp.ClientConnectionError):
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        return UpstreamUnreachable(f"Upstream {name} is unreachable: {reason}")
+        return UpstreamUnreachable(f"Upstream {name} is unreachable: {_reason(exc)}")
     return UpstreamBadResponse(f"Upstream {name} sent an invalid HTTP response")
+
+
+def _reason(exc: aiohttp.ClientConnectionError) -> str:
+    """Why a connection failed, without the address: asyncio's strerror carries it
+    ("Connect call failed ('10.0.0.5', 8000)"), so the errno's own text is used."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"name resolution failed ({exc.strerror or 'unknown error'})"
+    errno_ = exc.errno if isinstance(exc, OSError) else None
+    if isinstance(errno_, int) and errno_ > 0:
+        return os.strerror(errno_)
+    return type(exc).__name__
