@@ -14,7 +14,7 @@ from proxy.chat import outcome, start_turn
 from proxy.configs import ConfigStore
 from proxy.errors import JSON, ApiError
 from proxy.request import parse_chat
-from upstream import Router, UpstreamError, UpstreamPool
+from upstream import Router, Upstream, UpstreamError, UpstreamPool
 
 _OK = orjson.dumps({"status": "ok"})
 
@@ -40,6 +40,17 @@ class Endpoints:
         self.pool = pool
         self._configs = orjson.dumps([{"id": cid} for cid in store.ids])
         self._challenges = orjson.dumps(list(store.root.challenges))
+        self._model_sources = self._upstreams_to_list(store, router)
+
+    @staticmethod
+    def _upstreams_to_list(store: ConfigStore, router: Router) -> list[Upstream]:
+        """The routing table, the default, and configs' own main-model servers, once each."""
+        found: dict[str, Upstream] = {u.base_url: u for u in router.upstreams}
+        for guardrails in store.compiled.values():
+            main = guardrails.targets.get("main")
+            if main and main.upstream:
+                found.setdefault(main.upstream.base_url, main.upstream)
+        return list(found.values())
 
     async def configs(self, request: web.Request) -> web.Response:
         return web.Response(body=self._configs, content_type=JSON)
@@ -57,7 +68,7 @@ class Endpoints:
 
     async def models(self, request: web.Request) -> web.Response:
         """Every upstream's model list, merged by id; one that fails is skipped unless all do."""
-        upstreams = self.router.upstreams
+        upstreams = self._model_sources
         results = await asyncio.gather(
             *(self.pool.models(u, request.headers) for u in upstreams), return_exceptions=True
         )

@@ -318,3 +318,17 @@ async def test_models_fails_when_every_upstream_is_down(
         data = await resp.json()
     assert data["error"]["code"] == "upstream_unreachable"
     assert data["detail"] == data["error"]["message"]
+
+
+async def test_models_include_a_configs_own_main_model_server(
+    start_railguard: StartRailguard, new_upstream: Any, http: aiohttp.ClientSession
+) -> None:
+    own = await new_upstream([{"id": "own-1", "object": "model", "owned_by": "own"}])
+    configs = {
+        "own": {"models": [{"type": "main", "engine": "openai", "model": "own-1", "parameters": {"base_url": own.url}}]}
+    }
+    base = await start_railguard(configs, upstream_url=None)
+    async with http.get(f"{base}/v1/models") as resp:
+        assert resp.status == 200
+        data = await resp.json()
+    assert [m["id"] for m in data["data"]] == ["own-1"]
