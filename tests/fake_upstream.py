@@ -34,6 +34,7 @@ class Plan:
     chunks: list[bytes] | None = None  # raw SSE bytes to stream
     delay: float = 0.0
     die_after: int | None = None  # streams: close the connection after this many chunks
+    chunk_delay: float = 0.0  # streams: pause between chunks
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the completion JSON
 
 
@@ -49,6 +50,7 @@ class FakeUpstream:
         self.received: list[Received] = []
         self.plans: list[Plan] = []
         self.judge: Callable[[str], str] = default_judge
+        self.disconnects = 0  # streams whose reader went away before the end
         self.url = ""
 
     def next(self, **plan: Any) -> None:
@@ -134,14 +136,18 @@ class FakeUpstream:
             ]
             events.append(sse_event(chunk(model, "chatcmpl-fake-s", {}, "stop", 1)))
             events.append(b"data: [DONE]\n\n")
-        for index, event in enumerate(events):
-            if plan.die_after is not None and index >= plan.die_after:
-                assert request.transport is not None
-                request.transport.close()
-                return response
-            await response.write(event)
-            await asyncio.sleep(0)
-        await response.write_eof()
+        try:
+            for index, event in enumerate(events):
+                if plan.die_after is not None and index >= plan.die_after:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                await response.write(event)
+                await asyncio.sleep(plan.chunk_delay)
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            self.disconnects += 1
+            raise
         return response
 
 

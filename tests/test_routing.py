@@ -325,7 +325,16 @@ async def test_models_include_a_configs_own_main_model_server(
 ) -> None:
     own = await new_upstream([{"id": "own-1", "object": "model", "owned_by": "own"}])
     configs = {
-        "own": {"models": [{"type": "main", "engine": "openai", "model": "own-1", "parameters": {"base_url": own.url}}]}
+        "own": {
+            "models": [
+                {
+                    "type": "main",
+                    "engine": "openai",
+                    "model": "own-1",
+                    "parameters": {"base_url": own.url},
+                }
+            ]
+        }
     }
     base = await start_railguard(configs, upstream_url=None)
     async with http.get(f"{base}/v1/models") as resp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -158,3 +159,29 @@ async def test_check_mode_stream_answers_without_upstream(
     parsed = events(raw)
     assert parsed[0]["choices"][0]["delta"]["content"] == "fine"
     assert fake_upstream.chat_calls == []
+
+
+async def test_client_disconnect_mid_stream_stops_the_upstream(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard()
+    words = " ".join(f"w{i}" for i in range(200))
+    fake_upstream.next(content=words, chunk_delay=0.02)  # ~4 s if read to the end
+    body = {
+        "model": "m1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "guardrails": {"config_id": "open"},
+    }
+    response = await http.post(f"{base}/v1/chat/completions", json=body)
+    first = await response.content.readuntil(b"\n\n")
+    assert first.startswith(b"data: ")
+    response.close()  # the client goes away
+    for _ in range(100):
+        if fake_upstream.disconnects:
+            break
+        await asyncio.sleep(0.02)
+    assert fake_upstream.disconnects == 1
+    # railguard is still healthy afterwards
+    async with http.get(f"{base}/health") as health:
+        assert health.status == 200
