@@ -189,15 +189,15 @@ class ChatCompletions:
         choices = data.get("choices")
         if not isinstance(choices, list):
             return
+        messages = [c.get("message") if isinstance(c, dict) else None for c in choices]
+        texts = [content_text(m.get("content")) if isinstance(m, dict) else "" for m in messages]
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
-        for choice in choices:
-            message = choice.get("message") if isinstance(choice, dict) else None
-            if not isinstance(message, dict):
-                continue
-            text = content_text(message.get("content"))
-            turn.record_main_call(str(data.get("model", "")), elapsed, text, usage)
-            if not text or not turn.output_rails_selected():
-                turn.bot_text = text
+        turn.record_main_call(str(data.get("model", "")), elapsed, texts[0] if texts else "", usage)
+        turn.bot_text = texts[0] if texts else None
+        if not turn.output_rails_selected():
+            return
+        for choice, message, text in zip(choices, messages, texts, strict=True):
+            if not isinstance(message, dict) or not text:
                 continue
             result = await turn.check_output(text)
             if result.blocked_by:
