@@ -1,6 +1,6 @@
 """Prometheus metric definitions: a leaf every layer may import."""
 
-from metrics.labels import ModelLabels
+from metrics.labels import Children, ModelLabels
 from metrics.registry import (
     IN_FLIGHT,
     RAIL_CHECKS,
@@ -19,5 +19,6 @@ __all__ = [
     "REQUESTS",
     "REQUEST_DURATION",
     "UPSTREAM_DURATION",
+    "Children",
     "ModelLabels",
 ]

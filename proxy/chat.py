@@ -12,7 +12,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from metrics import IN_FLIGHT, REQUEST_DURATION, REQUESTS, UPSTREAM_DURATION, ModelLabels
+from metrics import (
+    IN_FLIGHT,
+    REQUEST_DURATION,
+    REQUESTS,
+    UPSTREAM_DURATION,
+    Children,
+    ModelLabels,
+)
 from proxy.configs import ConfigStore
 from proxy.errors import JSON, ApiError, invalid
 from proxy.request import ParsedChat, parse_chat
@@ -93,7 +100,9 @@ class ChatCompletions:
         self.router = router
         self.pool = pool
         self.model_labels = model_labels
-        self._duration = {s: REQUEST_DURATION.labels("chat", s) for s in ("true", "false")}
+        self._duration = Children(REQUEST_DURATION)
+        self._requests = Children(REQUESTS)
+        self._upstream_duration = Children(UPSTREAM_DURATION)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
@@ -108,10 +117,10 @@ class ChatCompletions:
             return await self._handle(request, labels)
         finally:
             IN_FLIGHT.dec()
-            REQUESTS.labels(
+            self._requests(
                 "chat", labels["config_id"], labels["model"], labels["stream"], labels["outcome"]
             ).inc()
-            self._duration[labels["stream"]].observe(time.perf_counter() - t0)
+            self._duration("chat", labels["stream"]).observe(time.perf_counter() - t0)
 
     async def _handle(self, request: web.Request, labels: dict[str, str]) -> web.StreamResponse:
         raw = await request.read()
@@ -168,7 +177,7 @@ class ChatCompletions:
             result = await self.pool.chat(upstream, body, request.headers)
         except UpstreamError as exc:
             raise ApiError(exc.status, exc.message, type_=exc.type, code=exc.code) from exc
-        UPSTREAM_DURATION.labels(upstream.name, labels["model"], "false").observe(
+        self._upstream_duration(upstream.name, labels["model"], "false").observe(
             time.perf_counter() - started
         )
         data = result.data
@@ -269,7 +278,7 @@ class ChatCompletions:
             labels["outcome"] = "client_error"
         finally:
             await stream.__aexit__(None, None, None)
-            UPSTREAM_DURATION.labels(upstream.name, labels["model"], "true").observe(
+            self._upstream_duration(upstream.name, labels["model"], "true").observe(
                 time.perf_counter() - started
             )
         return response

@@ -1,14 +1,18 @@
 """`regex check input` / `regex check output`: block text matching configured patterns.
 
-Settings are NeMo's: `rails.config.regex_detection.{input,output}` with `patterns`
-and `case_insensitive`. Patterns are compiled once, at load.
+Settings are NeMo's: `rails.config.regex_detection.{input,output}` with `patterns` and
+`case_insensitive`. Patterns run on RE2 (google-re2): linear time in the text, so no
+pattern a config author writes can hang the server on a crafted input, and all of a
+section's patterns are matched in one pass. RE2 has no look-around or back-references;
+a pattern that uses them is a start-up error naming it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
+
+import re2
 
 from rails.base import ALLOW, Action, CheckContext, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
@@ -17,40 +21,47 @@ from rails.config import ConfigError, RailsConfig
 class RegexCheck:
     uses_model = False
 
-    def __init__(self, name: str, stage: Stage, patterns: list[re.Pattern[str]]) -> None:
+    def __init__(self, name: str, stage: Stage, patterns: list[str], matcher: Any) -> None:
         self.name = name
         self.stage = stage
         self._patterns = patterns
+        self._matcher = matcher  # an re2.Set holding every pattern
 
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
-        for pattern in self._patterns:
-            if pattern.search(text):
-                return Verdict(Action.BLOCK, reason=f"matched pattern {pattern.pattern!r}")
-        return ALLOW
+        matched = self._matcher.Match(text)
+        if not matched:
+            return ALLOW
+        return Verdict(Action.BLOCK, reason=f"matched pattern {self._patterns[min(matched)]!r}")
+
+
+def _reason(exc: Exception) -> str:
+    detail = exc.args[0] if exc.args else exc
+    return detail.decode() if isinstance(detail, bytes) else str(detail)
 
 
 def build(config: RailsConfig, name: str, stage: Stage, params: Mapping[str, str]) -> RegexCheck:
     key = f"rails.config.regex_detection.{stage.value}"
+    file = config.file_for("rails")
     settings: Any = config.rail_settings.get("regex_detection", {}) or {}
     section = settings.get(stage.value) if isinstance(settings, Mapping) else None
     if not isinstance(section, Mapping) or not section.get("patterns"):
-        raise ConfigError(
-            f"'{name}' needs a non-empty list of patterns", file=config.file_for("rails"), key=key
-        )
-    raw_patterns = section["patterns"]
-    if not isinstance(raw_patterns, list) or not all(isinstance(p, str) for p in raw_patterns):
-        raise ConfigError(
-            "patterns must be a list of strings", file=config.file_for("rails"), key=key
-        )
-    flags = re.IGNORECASE if section.get("case_insensitive", False) else 0
-    compiled = []
-    for index, pattern in enumerate(raw_patterns):
+        raise ConfigError(f"'{name}' needs a non-empty list of patterns", file=file, key=key)
+    patterns = section["patterns"]
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise ConfigError("patterns must be a list of strings", file=file, key=key)
+    options = re2.Options()
+    options.case_sensitive = not section.get("case_insensitive", False)
+    matcher = re2.Set.SearchSet(options)
+    for index, pattern in enumerate(patterns):
         try:
-            compiled.append(re.compile(pattern, flags))
-        except re.error as exc:
+            re2.compile(pattern, options)
+            matcher.Add(pattern)
+        except re2.error as exc:
             raise ConfigError(
-                f"invalid regular expression: {exc}",
-                file=config.file_for("rails"),
+                f"invalid regular expression (RE2 syntax, no look-around or "
+                f"back-references): {_reason(exc)}",
+                file=file,
                 key=f"{key}.patterns[{index}]",
             ) from exc
-    return RegexCheck(name, stage, compiled)
+    matcher.Compile()
+    return RegexCheck(name, stage, list(patterns), matcher)

@@ -373,15 +373,30 @@ async def test_every_choice_is_checked_and_patched_alone(
     base = await start_railguard()
     choices = [
         {"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"},
-        {"index": 1, "message": {"role": "assistant", "content": "ssn 123-45-6789"}, "finish_reason": "length"},
+        {
+            "index": 1,
+            "message": {"role": "assistant", "content": "ssn 123-45-6789"},
+            "finish_reason": "length",
+        },
     ]
     fake_upstream.next(extra={"choices": choices})
     options = {"log": {"activated_rails": True, "llm_calls": True}}
     _, data = await post(
-        http, base, {"model": "m1", "n": 2, "messages": [user("hi")], "guardrails": {"config_id": "regex", "options": options}}
+        http,
+        base,
+        {
+            "model": "m1",
+            "n": 2,
+            "messages": [user("hi")],
+            "guardrails": {"config_id": "regex", "options": options},
+        },
     )
     assert [c["message"]["content"] for c in data["choices"]] == ["fine", REFUSAL]
     assert [c["finish_reason"] for c in data["choices"]] == ["stop", "stop"]
     log = data["guardrails"]["log"]
-    assert [r["name"] for r in log["activated_rails"]] == ["regex check input", "regex check output", "regex check output"]
+    assert [r["name"] for r in log["activated_rails"]] == [
+        "regex check input",
+        "regex check output",
+        "regex check output",
+    ]
     assert log["stats"]["llm_calls_count"] == 1  # one main call, however many choices

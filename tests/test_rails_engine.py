@@ -165,3 +165,46 @@ def test_bad_on_error_policy_is_a_config_error() -> None:
     )
     with pytest.raises(ConfigError, match="on_error"):
         Guardrails(config)
+
+
+def regex_engine(patterns: list[str], case_insensitive: bool = False) -> Guardrails:
+    return Guardrails(
+        RailsConfig.parse_object(
+            {
+                "rails": {
+                    "input": {"flows": ["regex check input"]},
+                    "config": {
+                        "regex_detection": {
+                            "input": {"patterns": patterns, "case_insensitive": case_insensitive}
+                        }
+                    },
+                }
+            }
+        )
+    )
+
+
+async def test_regex_rail_matches_any_pattern_and_names_it() -> None:
+    guardrails = regex_engine([r"\bpassword\b", r"\d{3}-\d{2}-\d{4}"], case_insensitive=True)
+    blocked = await guardrails.run_stage(Stage.INPUT, "my number is 123-45-6789", ctx())
+    assert blocked.blocked_by == "regex check input"
+    assert "\\d{3}" in blocked.activated[0]["additional_info"]["reason"]
+    assert (await guardrails.run_stage(Stage.INPUT, "the PASSWORD", ctx())).blocked_by
+    assert (await guardrails.run_stage(Stage.INPUT, "passwords are fine", ctx())).blocked_by is None
+
+
+async def test_catastrophic_backtracking_pattern_runs_in_linear_time() -> None:
+    guardrails = regex_engine([r"^(a+)+$", r"(x+x+)+y"])
+    attack = "a" * 50_000 + "!"  # exponential for a backtracking engine
+    started = time.perf_counter()
+    result = await guardrails.run_stage(Stage.INPUT, attack, ctx())
+    assert result.blocked_by is None
+    assert (await guardrails.run_stage(Stage.INPUT, "x" * 40_000, ctx())).blocked_by is None
+    assert time.perf_counter() - started < 0.5
+
+
+def test_regex_that_re2_cannot_run_is_a_start_up_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        regex_engine(["fine", r"(?<=secret)word"])
+    assert "rails.config.regex_detection.input.patterns[1]" in str(caught.value)
+    assert "look-around" in str(caught.value)

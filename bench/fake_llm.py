@@ -1,0 +1,246 @@
+"""A fast fake OpenAI-compatible upstream for the railguard benchmark.
+
+A raw asyncio (uvloop) HTTP/1.1 server, so the upstream costs as little as possible and
+the benchmark measures railguard, not its stand-in:
+
+* ``POST /v1/chat/completions`` answers a small, fixed ``chat.completion`` JSON;
+* with ``"stream": true`` it answers an SSE stream of ``x_bench_chunks`` chunks (default
+  100; the last one carries ``finish_reason: stop``), one chunked-encoding frame per event
+  written separately (yielding to the loop in between, like a token generator), then
+  ``data: [DONE]``;
+* ``GET /v1/models`` answers one model; anything else is a 404.
+
+Keep-alive is the default, ``Connection: close`` is honoured. Run it on its own:
+
+    python bench/fake_llm.py --port 18000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+from typing import cast
+
+import orjson
+import uvloop
+
+ANSWER = "Hello! This is a fixed answer from the railguard benchmark upstream."
+COMPLETION = orjson.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "bench-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": ANSWER},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 14, "total_tokens": 26},
+    }
+)
+MODELS = orjson.dumps(
+    {"object": "list", "data": [{"id": "bench-model", "object": "model", "owned_by": "bench"}]}
+)
+NOT_FOUND = b'{"error":{"message":"not found","type":"invalid_request_error"}}'
+DEFAULT_CHUNKS = 100
+MAX_CHUNKS = 100_000
+_WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog.")
+
+
+def _response(status: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
+    return (
+        b"HTTP/1.1 "
+        + status.encode()
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+def _frame(event: bytes) -> bytes:
+    """One SSE event as one HTTP chunk."""
+    return f"{len(event):x}\r\n".encode() + event + b"\r\n"
+
+
+def _chunk_event(index: int) -> bytes:
+    delta = {"content": _WORDS[index % len(_WORDS)]}
+    if index == 0:
+        delta["role"] = "assistant"
+    data = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "bench-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+COMPLETION_RESPONSE = _response("200 OK", COMPLETION)
+MODELS_RESPONSE = _response("200 OK", MODELS)
+NOT_FOUND_RESPONSE = _response("404 Not Found", NOT_FOUND)
+LENGTH_REQUIRED = _response("411 Length Required", b"{}")
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+FIRST_FRAME = _frame(_chunk_event(0))
+FRAMES = tuple(_frame(_chunk_event(i)) for i in range(1, len(_WORDS) + 1))
+FINAL_FRAME = _frame(
+    b"data: "
+    + orjson.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "bench-model",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+    )
+    + b"\n\n"
+)
+STREAM_END = _frame(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+
+
+def stream_chunks(body: bytes) -> int | None:
+    """The number of chunks to stream when the request asks for a stream, else None."""
+    if b'"stream"' not in body:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("stream") is not True:
+        return None
+    chunks = data.get("x_bench_chunks", DEFAULT_CHUNKS)
+    if not isinstance(chunks, int) or chunks < 1:
+        return DEFAULT_CHUNKS
+    return min(chunks, MAX_CHUNKS)
+
+
+class FakeLLM(asyncio.Protocol):
+    """One connection: parse requests with Content-Length bodies, answer in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.streaming = False
+        self.close_after = False
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.can_write.set()
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.streaming:
+            self._process()
+
+    def _process(self) -> None:
+        buf = self.buf
+        while self.transport is not None and not self.streaming:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).lower()
+            length = 0
+            at = head.find(b"\r\ncontent-length:")
+            if at >= 0:
+                stop = head.find(b"\r\n", at + 2)
+                length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+            elif b"\r\ntransfer-encoding:" in head:
+                self.transport.write(LENGTH_REQUIRED)
+                self.transport.close()
+                return
+            total = end + 4 + length
+            if len(buf) < total:
+                return
+            body = bytes(buf[end + 4 : total])
+            del buf[:total]
+            self.close_after = b"\r\nconnection: close" in head
+            self._answer(head, body)
+
+    def _answer(self, head: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        line = head[: head.find(b"\r\n")]
+        if line.startswith(b"post /v1/chat/completions "):
+            chunks = stream_chunks(body)
+            if chunks is not None:
+                self.streaming = True
+                asyncio.get_running_loop().create_task(self._stream(chunks))
+                return
+            self.transport.write(COMPLETION_RESPONSE)
+        elif line.startswith(b"get /v1/models "):
+            self.transport.write(MODELS_RESPONSE)
+        else:
+            self.transport.write(NOT_FOUND_RESPONSE)
+        if self.close_after:
+            self.transport.close()
+
+    async def _stream(self, chunks: int) -> None:
+        try:
+            transport = self.transport
+            if transport is None:
+                return
+            transport.write(STREAM_HEAD + FIRST_FRAME)
+            for index in range(chunks - 2):
+                await asyncio.sleep(0)  # a token generator yields between tokens
+                if not self.can_write.is_set():
+                    await self.can_write.wait()
+                if self.transport is None:
+                    return
+                transport.write(FRAMES[index % len(FRAMES)])
+            await asyncio.sleep(0)
+            if self.transport is None:
+                return
+            transport.write(FINAL_FRAME + STREAM_END if chunks > 1 else STREAM_END)
+            if self.close_after:
+                transport.close()
+        finally:
+            self.streaming = False
+        if self.buf:
+            self._process()
+
+
+async def serve(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(FakeLLM, host, port, backlog=1024, reuse_address=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvloop.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
