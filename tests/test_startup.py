@@ -296,10 +296,11 @@ async def test_serve_starts_and_proxies(
         tmp_path / "configs",
         {
             "regex": {
+                "instructions": [{"type": "general", "content": "Be nice."}],  # not run: warned once
                 "rails": {
                     "input": {"flows": ["regex check input"]},
                     "config": {"regex_detection": {"input": {"patterns": [r"\bsecret\b"]}}},
-                }
+                },
             }
         },
     )
@@ -325,6 +326,8 @@ async def test_serve_starts_and_proxies(
     assert stop(proc) == 0
     log = read_log(tmp_path / f"server-{port}.log")
     assert f"railguard serving on http://127.0.0.1:{port}" in log
+    warnings = [line for line in log.splitlines() if "ignoring what railguard does not run" in line]
+    assert len(warnings) == 1 and "instructions" in warnings[0]
 
 
 async def test_serve_under_a_prefix(
