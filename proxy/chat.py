@@ -161,10 +161,7 @@ class ChatCompletions:
             labels["outcome"] = "blocked_input"
             return await self._answer(request, chat, turn, guardrails, guardrails.refusal)
         if upstream is None:
-            answer = turn.answer_without_model()
-            if turn.given_answer is not None and answer:
-                await turn.check_output(answer)
-                answer = turn.bot_text or ""
+            answer = await turn.answer_without_model()
             labels["outcome"] = outcome(turn)
             return await self._answer(request, chat, turn, guardrails, answer)
 
@@ -176,7 +173,7 @@ class ChatCompletions:
         try:
             result = await self.pool.chat(upstream, body, request.headers)
         except UpstreamError as exc:
-            raise ApiError(exc.status, exc.message, type_=exc.type, code=exc.code) from exc
+            raise ApiError.from_upstream(exc) from exc
         self._upstream_duration(upstream.name, labels["model"], "false").observe(
             time.perf_counter() - started
         )
@@ -257,7 +254,7 @@ class ChatCompletions:
         try:
             await stream.__aenter__()
         except UpstreamError as exc:
-            raise ApiError(exc.status, exc.message, type_=exc.type, code=exc.code) from exc
+            raise ApiError.from_upstream(exc) from exc
         response = web.StreamResponse(headers=SSE_HEADERS)
         done = False
         try:

@@ -85,7 +85,7 @@ class Endpoints:
                     merged.setdefault(model["id"], model)
         if errors and not merged:
             first = errors[0]
-            raise ApiError(first.status, first.message, type_=first.type, code=first.code)
+            raise ApiError.from_upstream(first)
         return json_response({"object": "list", "data": list(merged.values())})
 
     async def checks(self, request: web.Request) -> web.Response:
@@ -95,12 +95,7 @@ class Endpoints:
         guardrails = self.store.resolve(chat.guardrails.config_id, chat.guardrails.config_ids)
         turn = start_turn(request, chat, guardrails, self.pool, self.router)
         await turn.check_input()
-        content = turn.answer_without_model()
-        if not turn.blocked_by and turn.given_answer is not None:
-            await turn.check_output(turn.given_answer)
-            content = turn.bot_text or ""
-        if turn.blocked_by:
-            content = guardrails.refusal
+        content = await turn.answer_without_model()
         result = outcome(turn)
         REQUESTS.labels("checks", guardrails.id, "none", "false", result).inc()
         status = {"passed": "passed", "modified": "modified"}.get(result, "blocked")

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from upstream import UpstreamError
 from upstream.wire import error_body
 
 log = logging.getLogger("railguard.proxy")
@@ -36,6 +37,11 @@ class ApiError(Exception):
         self.type = type_
         self.code = code
         self.param = param
+
+    @classmethod
+    def from_upstream(cls, exc: UpstreamError) -> ApiError:
+        """An upstream failure as the client sees it: the status and message it maps to."""
+        return cls(exc.status, exc.message, type_=exc.type, code=exc.code)
 
 
 def invalid(message: str, *, param: str | None = None, code: str = "invalid_request") -> ApiError:

@@ -130,10 +130,16 @@ class Turn:
             )
         return result
 
-    def answer_without_model(self) -> str:
-        """Check mode's answer: the checked bot message if one was given, else the user's text."""
+    async def answer_without_model(self) -> str:
+        """Check mode, after the input rails: output rails on a trailing assistant message if
+        one was given, and the text to answer: that message, else the checked user text, or
+        the refusal when a rail blocked."""
+        if not self.blocked_by and self.given_answer:
+            await self.check_output(self.given_answer)
+        if self.blocked_by:
+            return self.guardrails.refusal
         if self.given_answer is not None:
-            return self.given_answer
+            return self.bot_text if self.bot_text is not None else self.given_answer
         return self.input.text if self.input else self.user_text
 
     def record_main_call(
