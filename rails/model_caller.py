@@ -48,14 +48,12 @@ class ModelCaller:
         targets: Mapping[str, ModelTarget],
         request_model: str,
         client_headers: Mapping[str, str] | None,
-        timeout: float | None = None,
     ) -> None:
         self._pool = pool
         self._router = router
         self._targets = targets
         self._request_model = request_model
         self._client_headers = client_headers
-        self._timeout = timeout
         self.calls: list[dict[str, Any]] = []
 
     def resolve(self, model_type: str) -> tuple[Upstream, str]:
@@ -83,7 +81,6 @@ class ModelCaller:
             temperature=temperature,
             max_tokens=max_tokens,
             client_headers=self._client_headers,
-            timeout=self._timeout,
         )
         usage = reply.usage or {}
         self.calls.append(
