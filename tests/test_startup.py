@@ -296,7 +296,9 @@ async def test_serve_starts_and_proxies(
         tmp_path / "configs",
         {
             "regex": {
-                "instructions": [{"type": "general", "content": "Be nice."}],  # not run: warned once
+                "instructions": [
+                    {"type": "general", "content": "Be nice."}
+                ],  # not run: warned once
                 "rails": {
                     "input": {"flows": ["regex check input"]},
                     "config": {"regex_detection": {"input": {"patterns": [r"\bsecret\b"]}}},

@@ -185,3 +185,60 @@ async def test_client_disconnect_mid_stream_stops_the_upstream(
     # railguard is still healthy afterwards
     async with http.get(f"{base}/health") as health:
         assert health.status == 200
+
+
+async def test_upstream_answering_json_to_a_stream_request_is_streamed(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """Some servers ignore `stream: true`; the client asked for a stream and gets one."""
+    base = await start_railguard()
+    tool_call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    completion = {
+        "id": "chatcmpl-json",
+        "object": "chat.completion",
+        "created": 9,
+        "model": "m1",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "whole answer",
+                    "tool_calls": [tool_call],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+    fake_upstream.next(body=orjson.dumps(completion))
+    body = {
+        "model": "m1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "guardrails": {"config_id": "open"},
+    }
+    status, content_type, raw = await stream(http, base, body)
+    assert status == 200 and content_type.startswith("text/event-stream")
+    parsed = events(raw)
+    assert parsed[-1] == "[DONE]"
+    assert parsed[0]["id"] == "chatcmpl-json" and parsed[0]["object"] == "chat.completion.chunk"
+    delta = parsed[0]["choices"][0]["delta"]
+    assert delta["content"] == "whole answer" and delta["tool_calls"][0]["index"] == 0
+    assert parsed[1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert parsed[2]["usage"]["total_tokens"] == 3
+
+
+async def test_upstream_answering_garbage_json_to_a_stream_request_is_a_502(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard()
+    fake_upstream.next(body=b"{not json")
+    body = {
+        "model": "m1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "guardrails": {"config_id": "open"},
+    }
+    async with http.post(f"{base}/v1/chat/completions", json=body) as response:
+        assert response.status == 502
+        assert (await response.json())["error"]["code"] == "upstream_bad_response"

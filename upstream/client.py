@@ -28,6 +28,7 @@ from upstream.errors import (
     UpstreamUnreachable,
 )
 from upstream.routing import Upstream
+from upstream.wire import completion_as_events
 
 HOP_BY_HOP = frozenset(
     {
@@ -298,6 +299,9 @@ class UpstreamStream:
         if not ok:
             resp.release()
             raise _http_error(route.upstream, resp.status, first, self._headers)
+        if resp.content_type == "application/json":
+            await self._answered_whole(resp, first)
+            return self
         if first:
             self.first_chunk_at = loop.time()
             self._feed(first)
@@ -305,6 +309,17 @@ class UpstreamStream:
             self._eof = True
         self._resp = resp
         return self
+
+    async def _answered_whole(self, resp: aiohttp.ClientResponse, first: bytes) -> None:
+        """The upstream ignored `stream: true` and sent one JSON completion: stream it."""
+        try:
+            raw = first + await resp.content.read()
+        except _FAILURES as exc:
+            resp.close()
+            raise _failure(self._route.upstream, exc) from exc
+        resp.release()
+        self._buf = bytearray(completion_as_events(_json_object(self._route.upstream, raw)))
+        self._eof = True
 
     async def __aexit__(
         self,

@@ -135,3 +135,40 @@ def first_message(response: dict[str, Any]) -> dict[str, Any] | None:
         if isinstance(message, dict):
             return message
     return None
+
+
+def completion_as_events(data: dict[str, Any]) -> bytes:
+    """A whole chat.completion re-cut as the SSE stream it would have been.
+
+    For upstreams that ignore `stream: true` and answer with JSON: the client asked for a
+    stream and gets one, with the same id, content, tool calls, finish reasons and usage.
+    """
+    completion_id = str(data.get("id") or new_completion_id())
+    model = str(data.get("model") or "")
+    created = data.get("created") if isinstance(data.get("created"), int) else int(time.time())
+    events = []
+    choices = data.get("choices")
+    for position, choice in enumerate(choices if isinstance(choices, list) else []):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", position)
+        message = choice.get("message")
+        fields: dict[str, Any] = message if isinstance(message, dict) else {}
+        delta = {k: v for k, v in fields.items() if v is not None}
+        if isinstance(delta.get("tool_calls"), list):
+            delta["tool_calls"] = [
+                {"index": i, **call} if isinstance(call, dict) else call
+                for i, call in enumerate(delta["tool_calls"])
+            ]
+        for piece in (delta, {}):
+            event = chunk(model, completion_id, piece, None, created)
+            event["choices"][0]["index"] = index
+            if not piece:
+                event["choices"][0]["finish_reason"] = choice.get("finish_reason") or "stop"
+            events.append(sse_event(event))
+    if isinstance(data.get("usage"), dict):
+        usage_event = chunk(model, completion_id, {}, None, created)
+        usage_event["choices"] = []
+        usage_event["usage"] = data["usage"]
+        events.append(sse_event(usage_event))
+    return b"".join(events) + DONE_EVENT
