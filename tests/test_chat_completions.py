@@ -400,3 +400,26 @@ async def test_every_choice_is_checked_and_patched_alone(
         "regex check output",
     ]
     assert log["stats"]["llm_calls_count"] == 1  # one main call, however many choices
+
+
+async def test_config_ids_with_different_main_models_are_a_422_saying_which(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    configs = {
+        "llama": {"models": [{"type": "main", "engine": "nim", "model": "meta/llama-3.1-8b-instruct"}]},
+        "gpt": {"models": [{"type": "main", "engine": "openai", "model": "gpt-4o"}]},
+        "regex": STANDARD_CONFIGS["regex"],
+    }
+    base = await start_railguard(configs)
+    status, data = await post(
+        http, base, {"model": "m1", "messages": [user("hi")], "guardrails": {"config_ids": ["llama", "gpt"]}}
+    )
+    assert status == 422
+    assert data["error"]["code"] == "config_conflict"
+    assert "main" in data["error"]["message"] and "gpt-4o" in data["error"]["message"]
+    assert fake_upstream.chat_calls == []
+    # The same model in both is fine.
+    status, _ = await post(
+        http, base, {"model": "m1", "messages": [user("hi")], "guardrails": {"config_ids": ["llama", "regex"]}}
+    )
+    assert status == 200
