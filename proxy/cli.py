@@ -113,6 +113,8 @@ def _run(settings: Settings, root: ConfigRoot, reuse_port: bool) -> None:
         reuse_port=reuse_port or None,
         access_log=None,
         print=None,
+        # A client that hangs up cancels its request, and so the upstream call it waits on.
+        handler_cancellation=True,
         loop=_new_loop(),  # type: ignore[arg-type]
     )
 

@@ -50,7 +50,7 @@ class FakeUpstream:
         self.received: list[Received] = []
         self.plans: list[Plan] = []
         self.judge: Callable[[str], str] = default_judge
-        self.disconnects = 0  # streams whose reader went away before the end
+        self.disconnects = 0  # requests whose reader went away before the end
         self.url = ""
 
     def next(self, **plan: Any) -> None:
@@ -85,7 +85,11 @@ class FakeUpstream:
         checking = _is_check(body)
         plan = self.plans.pop(0) if self.plans and not checking else Plan()
         if plan.delay:
-            await asyncio.sleep(plan.delay)
+            try:
+                await asyncio.sleep(plan.delay)
+            except asyncio.CancelledError:  # railguard hung up on us
+                self.disconnects += 1
+                raise
         if plan.body is not None or plan.status != 200:
             return web.Response(
                 status=plan.status, body=plan.body or b"", content_type="application/json"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -406,13 +408,17 @@ async def test_config_ids_with_different_main_models_are_a_422_saying_which(
     start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     configs = {
-        "llama": {"models": [{"type": "main", "engine": "nim", "model": "meta/llama-3.1-8b-instruct"}]},
+        "llama": {
+            "models": [{"type": "main", "engine": "nim", "model": "meta/llama-3.1-8b-instruct"}]
+        },
         "gpt": {"models": [{"type": "main", "engine": "openai", "model": "gpt-4o"}]},
         "regex": STANDARD_CONFIGS["regex"],
     }
     base = await start_railguard(configs)
     status, data = await post(
-        http, base, {"model": "m1", "messages": [user("hi")], "guardrails": {"config_ids": ["llama", "gpt"]}}
+        http,
+        base,
+        {"model": "m1", "messages": [user("hi")], "guardrails": {"config_ids": ["llama", "gpt"]}},
     )
     assert status == 422
     assert data["error"]["code"] == "config_conflict"
@@ -420,6 +426,25 @@ async def test_config_ids_with_different_main_models_are_a_422_saying_which(
     assert fake_upstream.chat_calls == []
     # The same model in both is fine.
     status, _ = await post(
-        http, base, {"model": "m1", "messages": [user("hi")], "guardrails": {"config_ids": ["llama", "regex"]}}
+        http,
+        base,
+        {"model": "m1", "messages": [user("hi")], "guardrails": {"config_ids": ["llama", "regex"]}},
     )
     assert status == 200
+
+
+async def test_client_hanging_up_cancels_the_upstream_call(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard()
+    fake_upstream.next(delay=5)
+    body = {"model": "m1", "messages": [user("hi")], "guardrails": {"config_id": "open"}}
+    with contextlib.suppress(TimeoutError):
+        await http.post(
+            f"{base}/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=0.3)
+        )
+    for _ in range(100):
+        if fake_upstream.disconnects:
+            break
+        await asyncio.sleep(0.02)
+    assert fake_upstream.disconnects == 1
