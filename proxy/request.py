@@ -134,7 +134,9 @@ def parse_chat(raw: bytes, *, model_required: bool = True) -> ParsedChat:
     guardrails = request.guardrails or GuardrailsRequest()
     options = guardrails.options or DEFAULT_OPTIONS
     if options.llm_params:
-        body = {**options.llm_params, **body}
+        # `stream` is the client's choice of answer shape, never an LLM parameter.
+        params = {k: v for k, v in options.llm_params.items() if k != "stream"}
+        body = {**params, **body}
         changed = True
     return ParsedChat(
         body=body,
