@@ -69,7 +69,7 @@ async def test_unknown_fields_and_parameters_reach_upstream_untouched(
         "x_vendor_field": {"nested": [1, 2]},
         "guardrails": {
             "config_id": "open",
-            "options": {"llm_params": {"temperature": 0.9, "top_k": 5}},
+            "options": {"llm_params": {"temperature": 0.9, "top_k": 5, "stream": True}},
         },
     }
     status, _ = await post(http, base, body)
@@ -78,6 +78,7 @@ async def test_unknown_fields_and_parameters_reach_upstream_untouched(
     assert "guardrails" not in sent
     assert sent["temperature"] == 0.3  # the top-level value wins over llm_params
     assert sent["top_k"] == 5  # llm_params merged in
+    assert "stream" not in sent  # llm_params cannot turn a JSON answer into a stream
     for key in (
         "seed",
         "n",
