@@ -9,7 +9,7 @@ from metrics import ModelLabels
 from proxy.chat import ChatCompletions
 from proxy.configs import ConfigStore
 from proxy.cors import cors_middleware
-from proxy.endpoints import Endpoints, health, index
+from proxy.endpoints import Endpoints, health
 from proxy.errors import error_middleware
 from proxy.settings import Settings
 from rails.config import ConfigRoot
@@ -62,7 +62,7 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     app.router.add_get(f"{p}/health", health)
     app.router.add_get(f"{p}/ready", endpoints.ready)
     app.router.add_get(f"{p}/metrics", endpoints.metrics)
-    app.router.add_get(f"{p}/" if p else "/", index)
+    app.router.add_get(f"{p}/" if p else "/", health)
 
     async def close_pool(app: web.Application) -> None:
         await pool.close()

@@ -23,11 +23,8 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type=JSON)
 
 
-async def index(request: web.Request) -> web.Response:
-    return web.Response(body=_OK, content_type=JSON)
-
-
 async def health(request: web.Request) -> web.Response:
+    """Liveness, and `GET /` until the chat page lands (the spec's `{"status": "ok"}`)."""
     return web.Response(body=_OK, content_type=JSON)
 
 
@@ -40,10 +37,10 @@ class Endpoints:
         self.pool = pool
         self._configs = orjson.dumps([{"id": cid} for cid in store.ids])
         self._challenges = orjson.dumps(list(store.root.challenges))
-        self._model_sources = self._upstreams_to_list(store, router)
+        self._model_sources = self._model_list_sources(store, router)
 
     @staticmethod
-    def _upstreams_to_list(store: ConfigStore, router: Router) -> list[Upstream]:
+    def _model_list_sources(store: ConfigStore, router: Router) -> list[Upstream]:
         """The routing table, the default, and configs' own main-model servers, once each."""
         found: dict[str, Upstream] = {u.base_url: u for u in router.upstreams}
         for guardrails in store.compiled.values():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +10,7 @@ import orjson
 
 from upstream import wire
 from upstream.client import UpstreamPool
-from upstream.errors import UpstreamBadResponse, UpstreamTimeout
+from upstream.errors import UpstreamBadResponse
 from upstream.routing import Upstream
 
 
@@ -32,21 +31,14 @@ async def chat_text(
     temperature: float | None = None,
     max_tokens: int | None = None,
     client_headers: Mapping[str, str] | None = None,
-    timeout: float | None = None,  # noqa: ASYNC109 - rails pass a per-call budget
 ) -> LLMReply:
-    """One non-streaming completion's text; `timeout` bounds the whole call, in seconds."""
+    """One non-streaming completion's text. The caller bounds its time (a rail's deadline)."""
     payload: dict[str, Any] = {"model": model, "messages": messages}
     if temperature is not None:
         payload["temperature"] = temperature
     if max_tokens is not None:
         payload["max_tokens"] = max_tokens
-    try:
-        async with asyncio.timeout(timeout):
-            result = await pool.chat(upstream, orjson.dumps(payload), client_headers)
-    except TimeoutError as exc:
-        raise UpstreamTimeout(
-            f"Upstream {upstream.name} did not answer within {timeout:g}s"
-        ) from exc
+    result = await pool.chat(upstream, orjson.dumps(payload), client_headers)
     message = wire.first_message(result.data)
     if message is None or message.get("content") is None:
         raise UpstreamBadResponse(f"Upstream {upstream.name} sent a completion without content")
