@@ -8,6 +8,8 @@ from metrics.registry import (
     REGISTRY,
     REQUEST_DURATION,
     REQUESTS,
+    STREAM_HOLDBACK,
+    STREAM_TERMINATIONS,
     UPSTREAM_DURATION,
 )
 
@@ -18,6 +20,8 @@ __all__ = [
     "REGISTRY",
     "REQUESTS",
     "REQUEST_DURATION",
+    "STREAM_HOLDBACK",
+    "STREAM_TERMINATIONS",
     "UPSTREAM_DURATION",
     "Children",
     "ModelLabels",

@@ -65,3 +65,15 @@ UPSTREAM_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+STREAM_HOLDBACK = Histogram(
+    "railguard_stream_holdback_seconds",
+    "How long streamed events were held for output rails, per release (one window).",
+    buckets=RAIL_BUCKETS,
+    registry=REGISTRY,
+)
+STREAM_TERMINATIONS = Counter(
+    "railguard_stream_terminations",
+    "How streams ended: completed, blocked, upstream_error, client_disconnect, limit.",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -12,6 +12,7 @@ from proxy.cors import cors_middleware
 from proxy.endpoints import Endpoints, health
 from proxy.errors import error_middleware
 from proxy.settings import Settings
+from proxy.streaming import StreamLimits
 from rails.config import ConfigRoot
 from upstream import Router, Upstream, UpstreamPool, load_upstreams_file
 
@@ -51,7 +52,8 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     app[STORE] = store
     app[POOL] = pool
 
-    chat = ChatCompletions(store, router, pool, ModelLabels(known_models(store, router)))
+    limits = StreamLimits(settings.stream_max_event_bytes, settings.stream_max_holdback_bytes)
+    chat = ChatCompletions(store, router, pool, ModelLabels(known_models(store, router)), limits)
     endpoints = Endpoints(store, router, pool)
     p = settings.normalized_prefix
     app.router.add_post(f"{p}/v1/chat/completions", chat.handle)

@@ -21,44 +21,22 @@ from metrics import (
     ModelLabels,
 )
 from proxy.configs import ConfigStore
+from proxy.envelope import envelope
 from proxy.errors import JSON, ApiError, invalid
 from proxy.request import ParsedChat, parse_chat
+from proxy.streaming import SSE_HEADERS, StreamLimits, StreamRelay
 from rails.guardrails import Guardrails
 from rails.model_caller import ModelCaller
 from rails.turn import Turn
 from upstream import NoUpstreamError, Router, Upstream, UpstreamError, UpstreamPool
 from upstream.wire import (
     DONE_EVENT,
-    SSE_CONTENT_TYPE,
     chunk,
     completion,
     content_text,
-    error_object,
     new_completion_id,
     sse_event,
 )
-
-SSE_HEADERS = {
-    "Content-Type": SSE_CONTENT_TYPE,
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-
-
-def envelope(
-    turn: Turn, guardrails: Guardrails, upstream_data: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The spec's GuardrailsResponseData: all five keys, null when empty."""
-    llm_output = None
-    if turn.options.llm_output and upstream_data is not None:
-        llm_output = {k: v for k, v in upstream_data.items() if k not in ("choices", "guardrails")}
-    return {
-        "config_id": guardrails.id,
-        "state": None,
-        "llm_output": llm_output,
-        "output_data": turn.output_data(),
-        "log": turn.log(),
-    }
 
 
 def start_turn(
@@ -82,6 +60,13 @@ def start_turn(
     )
 
 
+_STREAM_OUTCOMES = {
+    "blocked": "blocked_output",
+    "upstream_error": "upstream_error",
+    "limit": "upstream_error",
+}
+
+
 def outcome(turn: Turn) -> str:
     if turn.input and turn.input.blocked_by:
         return "blocked_input"
@@ -94,9 +79,15 @@ class ChatCompletions:
     """The handler, holding what it needs from the app (no globals)."""
 
     def __init__(
-        self, store: ConfigStore, router: Router, pool: UpstreamPool, model_labels: ModelLabels
+        self,
+        store: ConfigStore,
+        router: Router,
+        pool: UpstreamPool,
+        model_labels: ModelLabels,
+        limits: StreamLimits,
     ) -> None:
         self.store = store
+        self.limits = limits
         self.router = router
         self.pool = pool
         self.model_labels = model_labels
@@ -146,14 +137,6 @@ class ChatCompletions:
 
         upstream: Upstream | None = None
         if turn.calls_model:
-            if chat.stream and turn.output_rails_selected():
-                raise invalid(
-                    f"Streaming is not available yet for configs with output rails "
-                    f"('{guardrails.id}'): send `stream: false`, or disable output rails "
-                    "with `options.rails.output: false`.",
-                    param="stream",
-                    code="streaming_output_rails_unsupported",
-                )
             upstream = self._route(chat.model, guardrails)
 
         await turn.check_input()
@@ -248,28 +231,20 @@ class ChatCompletions:
         body: bytes,
         labels: dict[str, str],
     ) -> web.StreamResponse:
-        """Pass the upstream's events through as they arrive, byte for byte."""
+        """Open the upstream stream (a failure before its first byte is a plain error
+        response), then relay it through the output rails."""
         started = time.perf_counter()
-        stream = self.pool.stream(upstream, body, request.headers)
+        stream = self.pool.stream(upstream, body, request.headers, self.limits.max_event_bytes)
         try:
             await stream.__aenter__()
         except UpstreamError as exc:
             raise ApiError.from_upstream(exc) from exc
         response = web.StreamResponse(headers=SSE_HEADERS)
-        done = False
+        relay = StreamRelay(turn, turn.guardrails, stream, self.limits.max_holdback_bytes)
         try:
             await response.prepare(request)
-            try:
-                async for event in stream:
-                    if event.startswith((b"data: [DONE]", b"data:[DONE]")):
-                        done = True
-                    await response.write(event)
-                labels["outcome"] = "passed"
-            except UpstreamError as exc:
-                error = error_object(exc.message, exc.type, exc.code)
-                await response.write(sse_event({"error": error}))
-            if not done:
-                await response.write(DONE_EVENT)
+            end = await relay.run(response)
+            labels["outcome"] = _STREAM_OUTCOMES.get(end.reason) or outcome(turn)
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             labels["outcome"] = "client_error"

@@ -56,6 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--read-timeout", type=float, default=120.0, help="upstream read timeout (s)"
     )
+    serve.add_argument(
+        "--stream-max-event-bytes",
+        type=int,
+        default=1024 * 1024,
+        help="longest single upstream stream event accepted",
+    )
+    serve.add_argument(
+        "--stream-max-holdback-bytes",
+        type=int,
+        default=10 * 1024 * 1024,
+        help="most of one streamed answer held back for output rails",
+    )
     serve.add_argument("--log-level", default=os.environ.get("RAILGUARD_LOG_LEVEL", "INFO"))
     demo = commands.add_parser("demo-upstream", help="run the echoing demo upstream (not a model)")
     demo.add_argument("--host", default="127.0.0.1")
@@ -79,6 +91,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_body_bytes=args.max_body_bytes,
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
+        stream_max_event_bytes=args.stream_max_event_bytes,
+        stream_max_holdback_bytes=args.stream_max_holdback_bytes,
     )
 
 
@@ -169,6 +183,12 @@ def serve(args: argparse.Namespace) -> int:
                 "config %r: ignoring what railguard does not run: %s",
                 config_id,
                 ", ".join(config.ignored),
+            )
+        if config.output_flows and not config.streaming.enabled:
+            log.info(
+                "config %r: rails.output.streaming is not enabled, so streamed answers are "
+                "held whole, checked by the output rails, then sent (safe, slow first token)",
+                config_id,
             )
     upstream = (
         redact_url(settings.upstream_url)

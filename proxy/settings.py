@@ -37,6 +37,8 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     connect_timeout: float = 5.0
     read_timeout: float = 120.0
+    stream_max_event_bytes: int = 1024 * 1024
+    stream_max_holdback_bytes: int = 10 * 1024 * 1024
     combined_config_cache: int = 64
     extra: dict[str, str] = field(default_factory=dict)
 

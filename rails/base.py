@@ -49,10 +49,12 @@ class CheckContext:
 
 class Rail(Protocol):
     """One check. Local rails return fast; model-backed ones set `uses_model` so the
-    engine gives them a deadline."""
+    engine gives them a deadline; rails that may rewrite set `rewrites`, so a stream
+    never sends text they could still change."""
 
     name: str
     stage: Stage
     uses_model: bool
+    rewrites: bool
 
     async def check(self, text: str, ctx: CheckContext) -> Verdict: ...

@@ -20,6 +20,7 @@ from rails.config import ConfigError, RailsConfig
 
 class RegexCheck:
     uses_model = False
+    rewrites = False
 
     def __init__(self, name: str, stage: Stage, patterns: list[str], matcher: Any) -> None:
         self.name = name

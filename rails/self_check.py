@@ -25,6 +25,7 @@ def parse_verdict(answer: str) -> bool:
 
 class SelfCheck:
     uses_model = True
+    rewrites = False
 
     def __init__(self, name: str, stage: Stage, prompt: CompiledPrompt, temperature: float) -> None:
         self.name = name

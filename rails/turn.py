@@ -111,12 +111,18 @@ class Turn:
         return self.input
 
     async def check_output(self, text: str) -> StageResult:
-        """Run output rails on one answer; with several choices, `self.output` sums them."""
+        """Run output rails on one whole answer and make it the turn's bot message."""
+        result = await self.run_output(text)
+        self.bot_text = self.guardrails.refusal if result.blocked_by else result.text
+        return result
+
+    async def run_output(self, text: str) -> StageResult:
+        """Run output rails on one text (an answer, or a window of a streamed one);
+        `self.output` sums every run of the turn."""
         self.ctx.bot_text = text
         result = await self.guardrails.run_stage(
             Stage.OUTPUT, text, self.ctx, self.options.rails.output
         )
-        self.bot_text = self.guardrails.refusal if result.blocked_by else result.text
         previous = self.output
         if previous is None:
             self.output = result

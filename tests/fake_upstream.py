@@ -50,6 +50,7 @@ class FakeUpstream:
         self.received: list[Received] = []
         self.plans: list[Plan] = []
         self.judge: Callable[[str], str] = default_judge
+        self.judge_delay = 0.0  # seconds before answering a self-check prompt
         self.disconnects = 0  # requests whose reader went away before the end
         self.url = ""
 
@@ -84,9 +85,10 @@ class FakeUpstream:
         self.received.append(Received(request.path, dict(request.headers), body))
         checking = _is_check(body)
         plan = self.plans.pop(0) if self.plans and not checking else Plan()
-        if plan.delay:
+        delay = self.judge_delay if checking else plan.delay
+        if delay:
             try:
-                await asyncio.sleep(plan.delay)
+                await asyncio.sleep(delay)
             except asyncio.CancelledError:  # railguard hung up on us
                 self.disconnects += 1
                 raise

@@ -332,6 +332,33 @@ async def test_serve_starts_and_proxies(
     assert len(warnings) == 1 and "instructions" in warnings[0]
 
 
+async def test_serve_says_once_per_config_when_streams_are_held_whole(
+    processes: list[subprocess.Popen[bytes]], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    output_rails = {
+        "rails": {
+            "output": {"flows": ["regex check output"]},
+            "config": {"regex_detection": {"output": {"patterns": ["x"]}}},
+        }
+    }
+    windowed = {
+        "rails": {
+            **output_rails["rails"],
+            "output": {"flows": ["regex check output"], "streaming": {"enabled": True}},
+        }
+    }
+    root = write_configs(
+        tmp_path / "configs", {"held": output_rails, "windowed": windowed, "alpha": GOOD}
+    )
+    port = free_port()
+    proc = start_server(processes, tmp_path, root, port)
+    log_path = tmp_path / f"server-{port}.log"
+    await wait_healthy(http, proc, f"http://127.0.0.1:{port}/health", log_path)
+    assert stop(proc) == 0
+    notes = [line for line in read_log(log_path).splitlines() if "held whole" in line]
+    assert len(notes) == 1 and "'held'" in notes[0]
+
+
 async def test_serve_under_a_prefix(
     processes: list[subprocess.Popen[bytes]], http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -56,7 +56,13 @@ async def test_stream_passes_upstream_events_through_unchanged(
     )
     assert status == 200
     assert content_type.startswith("text/event-stream")
-    assert raw == b"".join(upstream_events)
+    # the upstream's events unchanged, then one chunk carrying `guardrails`, then [DONE]
+    head, final, done = raw.rsplit(b"\n\n", 3)[0], events(raw)[-2], raw.endswith(b"[DONE]\n\n")
+    assert head + b"\n\n" == b"".join(upstream_events[:-1])
+    assert done
+    assert final["id"] == "c1" and final["model"] == "m1" and final["created"] == 5
+    assert final["choices"] == [{"index": 0, "delta": {}, "finish_reason": None}]
+    assert final["guardrails"]["config_id"] == "input_only"
 
 
 async def test_stream_without_done_gets_one(
@@ -98,26 +104,6 @@ async def test_stream_input_block_sends_refusal_chunk_finish_and_done(
     assert parsed[1]["guardrails"]["config_id"] == "input_only"
     assert parsed[2] == "[DONE]"
     assert fake_upstream.main_calls == []
-
-
-async def test_stream_with_output_rails_is_refused_until_streaming_rails_exist(
-    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
-) -> None:
-    base = await start_railguard()
-    body = {
-        "model": "m1",
-        "messages": [{"role": "user", "content": "hi"}],
-        "guardrails": {"config_id": "regex"},
-    }
-    async with http.post(f"{base}/v1/chat/completions", json={**body, "stream": True}) as response:
-        assert response.status == 422
-        error = (await response.json())["error"]
-    assert "output rails" in error["message"]
-    assert fake_upstream.chat_calls == []
-    # With output rails switched off for the request, it streams.
-    body["guardrails"] = {"config_id": "regex", "options": {"rails": {"output": False}}}
-    status, _, raw = await stream(http, base, body)
-    assert status == 200 and events(raw)[-1] == "[DONE]"
 
 
 async def test_upstream_dying_mid_stream_ends_with_error_event_and_done(

@@ -23,6 +23,7 @@ from yarl import URL
 from upstream.errors import (
     UpstreamBadResponse,
     UpstreamError,
+    UpstreamEventTooLarge,
     UpstreamHTTPError,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -58,6 +59,7 @@ HOP_BY_HOP = frozenset(
 _CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13) <= sys.version_info < (3, 13, 1)
 _FAILURES = (aiohttp.ClientError, TimeoutError)
 _EVENT_END = b"\n\n"
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 def forwardable_headers(client_headers: Mapping[str, str]) -> dict[str, str]:
@@ -217,11 +219,21 @@ class UpstreamPool:
         return ChatResult(status, _json_object(upstream, raw), loop.time() - started)
 
     def stream(
-        self, upstream: Upstream, body: bytes, client_headers: Mapping[str, str] | None = None
+        self,
+        upstream: Upstream,
+        body: bytes,
+        client_headers: Mapping[str, str] | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> UpstreamStream:
-        """A streaming chat completion; use as `async with pool.stream(...) as events`."""
+        """A streaming chat completion; use as `async with pool.stream(...) as events`.
+
+        Asks for an uncompressed answer: events are cut and checked as they arrive, and a
+        compressor upstream would hold them back.
+        """
         route = self._route(upstream)
-        return UpstreamStream(route, body, route.headers(client_headers))
+        headers = route.headers(client_headers)
+        headers["Accept-Encoding"] = "identity"
+        return UpstreamStream(route, body, headers, max_event_bytes)
 
     async def models(
         self, upstream: Upstream, client_headers: Mapping[str, str] | None = None
@@ -245,10 +257,10 @@ class UpstreamStream:
 
     Iterating yields complete SSE events as bytes, each ending with b"\\n\\n" exactly as
     the upstream sent them (\\r\\n framing normalised to \\n), so the proxy can forward them
-    byte for byte. A connection that dies or times out mid-stream raises UpstreamError from
-    the iterator; EOF ends iteration, even without [DONE]. __aexit__ releases the response,
-    closing the connection if the stream did not finish so a cancelled stream stops the
-    upstream generating.
+    byte for byte. A connection that dies or times out mid-stream, or an event longer than
+    `max_event_bytes`, raises UpstreamError from the iterator; EOF ends iteration, even
+    without [DONE]. __aexit__ releases the response, closing the connection if the stream
+    did not finish so a cancelled stream stops the upstream generating.
     """
 
     __slots__ = (
@@ -256,6 +268,7 @@ class UpstreamStream:
         "_buf",
         "_eof",
         "_headers",
+        "_max_event",
         "_resp",
         "_route",
         "first_chunk_at",
@@ -263,10 +276,13 @@ class UpstreamStream:
         "status",
     )
 
-    def __init__(self, route: _Route, body: bytes, headers: dict[str, str]) -> None:
+    def __init__(
+        self, route: _Route, body: bytes, headers: dict[str, str], max_event_bytes: int
+    ) -> None:
         self._route = route
         self._body = body
         self._headers = headers
+        self._max_event = max_event_bytes
         self._resp: aiohttp.ClientResponse | None = None
         self._buf = bytearray()
         self._eof = False
@@ -335,6 +351,13 @@ class UpstreamStream:
         else:
             resp.close()
 
+    def abort(self) -> None:
+        """Stop the upstream now (a rail blocked): close the connection, end iteration."""
+        self._eof = True
+        self._buf.clear()
+        if self._resp is not None:
+            self._resp.close()
+
     def __aiter__(self) -> UpstreamStream:
         return self
 
@@ -345,10 +368,17 @@ class UpstreamStream:
                 return self._take(end + 2)
             if self._eof:
                 return self._take_rest()
+            if len(self._buf) > self._max_event:
+                raise UpstreamEventTooLarge(self._route.upstream.name, self._max_event)
             chunk = await self._read()
             if not chunk:
                 self._eof = True
-            elif not self._buf and b"\r" not in chunk and chunk.find(_EVENT_END) == len(chunk) - 2:
+            elif (
+                not self._buf
+                and len(chunk) <= self._max_event
+                and b"\r" not in chunk
+                and chunk.find(_EVENT_END) == len(chunk) - 2
+            ):
                 return chunk  # the usual case: one whole event per read, passed on uncopied
             else:
                 self._feed(chunk)
@@ -368,6 +398,8 @@ class UpstreamStream:
             self._buf = self._buf.replace(b"\r\n", b"\n")
 
     def _take(self, size: int) -> bytes:
+        if size > self._max_event:
+            raise UpstreamEventTooLarge(self._route.upstream.name, self._max_event)
         event = bytes(self._buf[:size])
         del self._buf[:size]
         return event
@@ -378,6 +410,8 @@ class UpstreamStream:
         self._buf.clear()
         if not rest.strip():
             raise StopAsyncIteration
+        if len(rest) > self._max_event:
+            raise UpstreamEventTooLarge(self._route.upstream.name, self._max_event)
         return rest + _EVENT_END
 
 

@@ -49,6 +49,18 @@ class UpstreamBadResponse(UpstreamError):
     code = "upstream_bad_response"
 
 
+class UpstreamEventTooLarge(UpstreamBadResponse):
+    """A streamed event grew past the size limit without ending: stop reading it."""
+
+    code = "stream_event_too_large"
+
+    def __init__(self, upstream: str, limit: int) -> None:
+        super().__init__(
+            f"Upstream {upstream} sent a stream event larger than the limit of {limit} bytes "
+            "(--stream-max-event-bytes); the stream was stopped."
+        )
+
+
 class UpstreamHTTPError(UpstreamError):
     """The upstream answered non-2xx.
 

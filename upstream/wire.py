@@ -36,6 +36,41 @@ def event_data(event: bytes) -> bytes | None:
     return b"\n".join(data)
 
 
+def is_done(event: bytes) -> bool:
+    return event.startswith((b"data: [DONE]", b"data:[DONE]"))
+
+
+def event_json(event: bytes) -> Any:
+    """The JSON an SSE event carries; None for comments, pings and [DONE].
+
+    Raises ValueError (orjson's JSONDecodeError) when the data is not JSON.
+    """
+    if event.startswith(b"data: ") and event.find(b"\n") == len(event) - 2:
+        payload: bytes | None = event[6:-2]  # the usual one-line event
+    else:
+        payload = event_data(event)
+    if payload is None or payload == b"[DONE]":
+        return None
+    return orjson.loads(payload)
+
+
+def delta_contents(data: Any) -> list[tuple[int, str]]:
+    """(choice index, text) for each choice of a chunk whose delta carries content."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        return []
+    contents = []
+    for position, choice in enumerate(choices):
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        text = content_text(delta.get("content"))
+        if text:
+            index = choice.get("index")
+            contents.append((index if isinstance(index, int) else position, text))
+    return contents
+
+
 def error_object(
     message: str, type_: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:

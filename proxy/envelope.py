@@ -1,0 +1,24 @@
+"""The `guardrails` object railguard adds to every answer (the spec's GuardrailsResponseData)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rails.guardrails import Guardrails
+from rails.turn import Turn
+
+
+def envelope(
+    turn: Turn, guardrails: Guardrails, upstream_data: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The spec's GuardrailsResponseData: all five keys, null when empty."""
+    llm_output = None
+    if turn.options.llm_output and upstream_data is not None:
+        llm_output = {k: v for k, v in upstream_data.items() if k not in ("choices", "guardrails")}
+    return {
+        "config_id": guardrails.id,
+        "state": None,
+        "llm_output": llm_output,
+        "output_data": turn.output_data(),
+        "log": turn.log(),
+    }

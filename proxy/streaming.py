@@ -1,0 +1,231 @@
+"""`stream: true`: the upstream's SSE events to the client, through the output rails.
+
+Without output rails (and no envelope detail asked for) events are forwarded as they
+arrive, unparsed. With them, each event is parsed for its content and handed to a
+`StreamGuard`, which decides when the original bytes may go out. Every stream ends with
+one event carrying `guardrails` (a chunk, or the error that stopped the stream) and
+`data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from metrics import STREAM_TERMINATIONS
+from proxy.envelope import envelope
+from rails.guardrails import Guardrails
+from rails.streaming import Rewritten, StreamGuard
+from rails.turn import Turn
+from upstream import UpstreamBadResponse, UpstreamError, UpstreamEventTooLarge, UpstreamStream
+from upstream.wire import (
+    DONE_EVENT,
+    SSE_CONTENT_TYPE,
+    chunk,
+    delta_contents,
+    error_object,
+    event_json,
+    is_done,
+    new_completion_id,
+    sse_event,
+)
+
+SSE_HEADERS = {
+    "Content-Type": SSE_CONTENT_TYPE,
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_TERMINATIONS = {
+    reason: STREAM_TERMINATIONS.labels(reason)
+    for reason in ("completed", "blocked", "upstream_error", "client_disconnect", "limit")
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """What one stream may make the server hold in memory."""
+
+    max_event_bytes: int = 1024 * 1024
+    max_holdback_bytes: int = 10 * 1024 * 1024
+
+
+class HoldbackLimit(Exception):
+    """More of the answer is waiting for the output rails than the server allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The answer held back for output rails passed the limit of {limit} bytes "
+            "(--stream-max-holdback-bytes); the stream was stopped."
+        )
+
+
+def needs_answer(turn: Turn) -> bool:
+    """Whether the answer's text must be read: output rails, or envelope details asked for."""
+    options = turn.options
+    return (
+        turn.output_rails_selected()
+        or options.log.wanted
+        or bool(options.output_vars)
+        or (options.llm_output)
+    )
+
+
+@dataclass(slots=True)
+class StreamEnd:
+    """How a relayed stream ended, for the caller's metrics."""
+
+    reason: str  # completed | blocked | upstream_error | limit
+    upstream_data: dict[str, Any] | None
+
+
+class StreamRelay:
+    """Relays one opened upstream stream to one client response."""
+
+    def __init__(
+        self,
+        turn: Turn,
+        guardrails: Guardrails,
+        stream: UpstreamStream,
+        max_holdback_bytes: int,
+    ) -> None:
+        self.turn = turn
+        self.guardrails = guardrails
+        self.stream = stream
+        self.max_holdback_bytes = max_holdback_bytes
+        self.guard: StreamGuard[bytes] | None = None
+        if needs_answer(turn):
+            self.guard = StreamGuard(turn, guardrails.config.streaming, on_block=stream.abort)
+        self.meta: dict[str, Any] | None = None  # id, model, created of the upstream's chunks
+        self._meta_tried = False
+
+    async def run(self, response: web.StreamResponse) -> StreamEnd:
+        started = time.perf_counter()
+        guard = self.guard
+        reason = "completed"
+        error: dict[str, Any] | None = None
+        try:
+            if guard is None:
+                await self._pass_through(response)
+            else:
+                await self._guarded(response, guard)
+        except UpstreamError as exc:
+            if guard is None or not guard.blocked_by:
+                reason = "limit" if isinstance(exc, UpstreamEventTooLarge) else "upstream_error"
+                error = error_object(exc.message, exc.type, exc.code)
+                if guard is not None:  # what arrived before the failure is still delivered
+                    await self._write(response, await guard.finish())
+        except HoldbackLimit as exc:
+            reason = "limit"
+            error = error_object(str(exc), "server_error", "stream_holdback_limit")
+        except BaseException:
+            _TERMINATIONS["client_disconnect"].inc()
+            raise
+        finally:
+            if guard is not None:
+                guard.cancel()
+        if guard is not None and guard.blocked_by:
+            reason = "blocked"
+            rail = guard.blocked_by
+            error = error_object(
+                f"Blocked by {rail} rails.", "guardrails_violation", "content_blocked", rail
+            )
+        upstream_data = self._record(time.perf_counter() - started)
+        last: dict[str, Any] = {"error": error} if error else self._chunk({})
+        last["guardrails"] = envelope(self.turn, self.guardrails, upstream_data)
+        await response.write(sse_event(last) + DONE_EVENT)
+        _TERMINATIONS[reason].inc()
+        return StreamEnd(reason, upstream_data)
+
+    async def _pass_through(self, response: web.StreamResponse) -> None:
+        """The fast path: bytes out as they came in; only the first chunk is parsed."""
+        write = response.write
+        async for event in self.stream:
+            if is_done(event):
+                return
+            if not self._meta_tried:
+                self._note_meta(event)
+            await write(event)
+
+    async def _guarded(self, response: web.StreamResponse, guard: StreamGuard[bytes]) -> None:
+        async for event in self.stream:
+            if is_done(event):
+                break
+            try:
+                data = event_json(event)
+            except ValueError:
+                raise UpstreamBadResponse(
+                    "The upstream sent a stream event that is not JSON, so output rails can't "
+                    "check it; the stream was stopped."
+                ) from None
+            contents = delta_contents(data) if data is not None else []
+            if isinstance(data, dict):
+                if self.meta is None:
+                    self.meta = _meta(data)
+                if isinstance(data.get("usage"), dict):
+                    guard.usage = data["usage"]
+            out = await guard.push(event, contents, len(event))
+            if guard.blocked_by:
+                return
+            if guard.held_bytes > self.max_holdback_bytes:
+                raise HoldbackLimit(self.max_holdback_bytes)
+            if out:
+                await response.write(out[0] if len(out) == 1 else b"".join(out))
+        if not guard.blocked_by:
+            await self._write(response, await guard.finish())
+
+    async def _write(self, response: web.StreamResponse, out: Sequence[bytes | Rewritten]) -> None:
+        if out:
+            await response.write(
+                b"".join(
+                    item if isinstance(item, bytes) else self._rewritten_event(item) for item in out
+                )
+            )
+
+    def _rewritten_event(self, item: Rewritten) -> bytes:
+        event = self._chunk({"role": "assistant", "content": item.text})
+        event["choices"][0]["index"] = item.choice
+        return sse_event(event)
+
+    def _note_meta(self, event: bytes) -> None:
+        try:
+            data = event_json(event)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            self.meta = _meta(data)
+            self._meta_tried = True
+        elif data is not None:
+            self._meta_tried = True
+
+    def _chunk(self, delta: dict[str, Any]) -> dict[str, Any]:
+        """A chunk like the upstream's own (same id, model, created)."""
+        meta = self.meta or {}
+        return chunk(
+            str(meta.get("model") or self.turn.ctx.model),
+            str(meta.get("id") or new_completion_id()),
+            delta,
+            None,
+            meta.get("created") if isinstance(meta.get("created"), int) else None,
+        )
+
+    def _record(self, elapsed: float) -> dict[str, Any] | None:
+        """Log the main call and set the bot message: what the client received."""
+        guard = self.guard
+        meta = self.meta
+        if guard is None:
+            return meta
+        model = str(meta.get("model", "")) if meta else ""
+        self.turn.record_main_call(model, elapsed, guard.text(), guard.usage)
+        self.turn.bot_text = guard.sent_text()
+        if meta is not None and guard.usage is not None:
+            return {**meta, "usage": guard.usage}
+        return meta
+
+
+def _meta(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a chunk other than its choices (id, object, created, model, ...)."""
+    return {k: v for k, v in data.items() if k not in ("choices", "usage")}

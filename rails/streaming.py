@@ -1,0 +1,261 @@
+"""Output rails over a streamed answer, in overlapping windows of tokens.
+
+A token is one non-empty content delta from the upstream, as NeMo counts them: a window
+holds `chunk_size` of them and overlaps the previous window by `context_size`, so a phrase
+split across a window boundary is still seen whole. Each window is checked once by each
+output rail; at the end only tokens no window has covered yet are checked.
+
+`StreamGuard` is generic over what is streamed (the upstream's SSE event bytes in the
+proxy, text chunks in the Python API) so both run the same engine. The caller pushes
+each item with the content it carries and sends what comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from metrics import STREAM_HOLDBACK
+from rails.base import Stage
+from rails.config import StreamingSettings
+from rails.turn import Turn
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Tokens [start, end) of one choice's answer; once it passes, all before `end` is checked."""
+
+    choice: int
+    text: str
+    start: int
+    end: int
+
+
+class WindowCutter:
+    """Cuts one choice's tokens into overlapping windows. Sans-I/O."""
+
+    __slots__ = ("checked", "choice", "chunk_size", "context_size", "tokens")
+
+    def __init__(self, choice: int, chunk_size: int, context_size: int) -> None:
+        self.choice = choice
+        self.chunk_size = chunk_size
+        self.context_size = context_size
+        self.tokens: list[str] = []
+        self.checked = 0  # tokens covered by windows handed out so far
+
+    def add(self, token: str) -> Window | None:
+        """Take one token; return the window it completes, if any."""
+        self.tokens.append(token)
+        start = max(0, self.checked - self.context_size)
+        if len(self.tokens) - start >= self.chunk_size:
+            return self._cut(start)
+        return None
+
+    def tail(self) -> Window | None:
+        """At the end: the tokens no window covered yet, with their context; None if none."""
+        if len(self.tokens) <= self.checked:
+            return None
+        return self._cut(max(0, self.checked - self.context_size))
+
+    def _cut(self, start: int) -> Window:
+        end = len(self.tokens)
+        self.checked = end
+        return Window(self.choice, "".join(self.tokens[start:end]), start, end)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Rewritten:
+    """Stands in for the held content of choice `choice`: its whole answer, rewritten."""
+
+    choice: int
+    text: str
+
+
+@dataclass(slots=True)
+class _Held(Generic[T]):
+    item: T
+    through: dict[int, int]  # choice -> tokens up to and including this item
+    size: int
+    at: float
+
+
+class StreamGuard(Generic[T]):
+    """One streamed answer going through a request's output rails.
+
+    - `stream_first` (NeMo's default): items go out at once; windows are checked behind
+      them, in order, and a block stops the stream at the next item (`on_block` lets the
+      caller stop waiting on the upstream at once).
+    - otherwise items are held until every token they carry has passed a window, then
+      released unchanged and in order.
+    - streaming disabled in the config, or a rail that rewrites: the whole answer is held
+      and checked once, since text already sent can't be taken back.
+    With no output rails selected it only records the answer (for the log and threads).
+    """
+
+    def __init__(
+        self,
+        turn: Turn,
+        settings: StreamingSettings,
+        on_block: Callable[[], None] | None = None,
+    ) -> None:
+        self.turn = turn
+        runners = turn.guardrails.selected(Stage.OUTPUT, turn.options.rails.output)
+        self.active = bool(runners)
+        self.whole = self.active and (not settings.enabled or any(r.rail.rewrites for r in runners))
+        self.holds = self.whole or (self.active and not settings.stream_first)
+        self._chunk_size = sys.maxsize if self.whole else settings.chunk_size
+        self._context_size = 0 if self.whole else settings.context_size
+        self._on_block = on_block
+        self._cutters: dict[int, WindowCutter] = {}
+        self._sent: dict[int, int] = {}
+        self._held: deque[_Held[T]] = deque()
+        self.held_bytes = 0
+        self._rewrites: dict[int, str] = {}
+        self._queue: deque[Window] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self.blocked_by: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def _cutter(self, choice: int) -> WindowCutter:
+        cutter = self._cutters.get(choice)
+        if cutter is None:
+            cutter = self._cutters[choice] = WindowCutter(
+                choice, self._chunk_size, self._context_size
+            )
+            self._sent[choice] = 0
+        return cutter
+
+    async def push(self, item: T, contents: Sequence[tuple[int, str]], size: int = 0) -> list[T]:
+        """Take one item and the (choice, text) tokens it carries; return what may go out now.
+
+        Returns nothing once a rail blocked: check `blocked_by`.
+        """
+        if self.blocked_by:
+            return []
+        windows = []
+        for choice, token in contents:
+            window = self._cutter(choice).add(token)
+            if window is not None:
+                windows.append(window)
+        if not self.holds:
+            for window in windows:
+                self._schedule(window)
+            for choice, _ in contents:
+                self._sent[choice] += 1
+            return [] if self.blocked_by else [item]
+        through = {choice: len(self._cutters[choice].tokens) for choice, _ in contents}
+        self._held.append(_Held(item, through, size, time.perf_counter()))
+        self.held_bytes += size
+        for window in windows:
+            if not await self._check(window):
+                return []
+        return self._release()
+
+    async def finish(self) -> list[T | Rewritten]:
+        """At the end of the stream: wait for checks behind, check what no window covered,
+        and release everything held. Returns nothing when a rail blocked."""
+        if self._worker is not None:
+            await self._worker
+        for cutter in self._cutters.values():
+            window = cutter.tail() if not self.blocked_by else None
+            if window is not None:
+                await self._check(window)
+        if self.blocked_by:
+            return []
+        if self._rewrites:
+            return self._rewritten_release()
+        return list(self._release())
+
+    def cancel(self) -> None:
+        """Stop checks still running behind the stream (the client went away)."""
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def text(self, choice: int = 0) -> str:
+        """The whole answer of a choice as the upstream sent it."""
+        cutter = self._cutters.get(choice)
+        return cutter.text if cutter else ""
+
+    def sent_text(self, choice: int = 0) -> str:
+        """What of a choice's answer has gone out to the client so far."""
+        if choice in self._rewrites:
+            return self._rewrites[choice]
+        cutter = self._cutters.get(choice)
+        return "".join(cutter.tokens[: self._sent[choice]]) if cutter else ""
+
+    def checked_tokens(self) -> int:
+        return sum(c.checked for c in self._cutters.values())
+
+    # --- checking -------------------------------------------------------------------
+
+    def _schedule(self, window: Window) -> None:
+        self._queue.append(window)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        """Checks behind the stream, one window after the other."""
+        while self._queue and not self.blocked_by:
+            passed = await self._check(self._queue.popleft())
+            if not passed and self._on_block is not None:
+                self._on_block()
+
+    async def _check(self, window: Window) -> bool:
+        result = await self.turn.run_output(window.text)
+        span = {"choice": window.choice, "start": window.start, "end": window.end}
+        for entry in result.activated:
+            entry["additional_info"] = {**(entry["additional_info"] or {}), "window": span}
+        if result.blocked_by:
+            self.blocked_by = result.blocked_by
+            return False
+        if result.modified:
+            self._rewrites[window.choice] = result.text
+        return True
+
+    # --- releasing ------------------------------------------------------------------
+
+    def _release(self) -> list[T]:
+        out: list[T] = []
+        held = self._held
+        now = time.perf_counter()
+        first_at = held[0].at if held else now
+        while held:
+            front = held[0]
+            if any(count > self._cutters[c].checked for c, count in front.through.items()):
+                break
+            held.popleft()
+            self.held_bytes -= front.size
+            for choice, count in front.through.items():
+                self._sent[choice] = count
+            out.append(front.item)
+        if out:
+            STREAM_HOLDBACK.observe(now - first_at)
+        return out
+
+    def _rewritten_release(self) -> list[T | Rewritten]:
+        """Held items with the rewritten answers in place of the content they carried."""
+        out: list[T | Rewritten] = []
+        for held in self._held:
+            if not held.through:
+                out.append(held.item)
+                continue
+            for choice in held.through:
+                if self._sent[choice] == 0:
+                    text = self._rewrites.get(choice, self._cutters[choice].text)
+                    self._rewrites[choice] = text
+                    self._sent[choice] = len(self._cutters[choice].tokens)
+                    out.append(Rewritten(choice, text))
+        self._held.clear()
+        self.held_bytes = 0
+        return out
