@@ -9,6 +9,7 @@ one event carrying `guardrails` (a chunk, or the error that stopped the stream) 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ class StreamRelay:
         except HoldbackLimit as exc:
             reason = "limit"
             error = error_object(str(exc), "server_error", "stream_holdback_limit")
-        except BaseException:
+        except (asyncio.CancelledError, ConnectionError):
             _TERMINATIONS["client_disconnect"].inc()
             raise
         finally:

@@ -114,7 +114,7 @@ class StreamGuard(Generic[T]):
         self.active = bool(runners)
         self.whole = self.active and (not settings.enabled or any(r.rail.rewrites for r in runners))
         self.holds = self.whole or (self.active and not settings.stream_first)
-        self._chunk_size = sys.maxsize if self.whole else settings.chunk_size
+        self._chunk_size = settings.chunk_size if self.active and not self.whole else sys.maxsize
         self._context_size = 0 if self.whole else settings.context_size
         self._on_block = on_block
         self._cutters: dict[int, WindowCutter] = {}
@@ -167,7 +167,7 @@ class StreamGuard(Generic[T]):
         and release everything held. Returns nothing when a rail blocked."""
         if self._worker is not None:
             await self._worker
-        for cutter in self._cutters.values():
+        for cutter in self._cutters.values() if self.active else ():
             window = cutter.tail() if not self.blocked_by else None
             if window is not None:
                 await self._check(window)

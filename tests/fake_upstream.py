@@ -35,6 +35,7 @@ class Plan:
     delay: float = 0.0
     die_after: int | None = None  # streams: close the connection after this many chunks
     chunk_delay: float = 0.0  # streams: pause between chunks
+    stall: float = 0.0  # streams: stay silent this long after the last chunk, then end
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the completion JSON
 
 
@@ -150,6 +151,7 @@ class FakeUpstream:
                     return response
                 await response.write(event)
                 await asyncio.sleep(plan.chunk_delay)
+            await asyncio.sleep(plan.stall)
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             self.disconnects += 1

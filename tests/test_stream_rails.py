@@ -455,3 +455,39 @@ async def test_final_chunk_carries_what_the_request_asked_for(
     assert calls[0]["completion"] == "".join(HARMLESS) and calls[0]["completion_tokens"] == 9
     reached = max(e["additional_info"]["window"]["end"] for e in envelope["log"]["activated_rails"])
     assert reached == len(HARMLESS)
+
+
+async def test_stream_first_block_arrives_while_the_upstream_is_silent(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """The check behind the stream blocks; railguard must not wait for the next event."""
+    fake_upstream.judge_delay = 0.2
+    config = stream_config(2, 1, True, flows=("self check output",), prompts=SELF_CHECK_PROMPTS)
+    base = await start_railguard({"c": config})
+    events = upstream_events(["a forbidden ", "word ", "then ", "more"])
+    fake_upstream.next(chunks=events[:3], stall=5.0)  # role + one window, then silence
+    started = time.perf_counter()
+    _, _, raw = await post_stream(http, base, "c")
+    assert time.perf_counter() - started < 1.5
+    assert parsed(raw)[-2]["error"]["code"] == "content_blocked"
+    assert delivered_text(raw) == "a forbidden word "
+    for _ in range(50):
+        if fake_upstream.disconnects:
+            break
+        await asyncio.sleep(0.02)
+    assert fake_upstream.disconnects == 1
+
+
+async def test_log_without_output_rails_records_the_answer_and_runs_no_checks(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard({"c": stream_config(2, 1)})
+    sent = upstream_events(HARMLESS)
+    fake_upstream.next(chunks=sent)
+    options = {"rails": {"output": False}, "log": {"activated_rails": True, "llm_calls": True}}
+    _, _, raw = await post_stream(http, base, "c", options=options)
+    assert split_events(raw)[:-2] == sent[:-1]
+    log = guardrails_of(raw)["log"]
+    assert log["activated_rails"] == []
+    assert log["stats"]["output_rails_duration"] is None
+    assert log["llm_calls"][0]["completion"] == "".join(HARMLESS)
