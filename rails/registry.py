@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
-from rails import regex_check, self_check
+from rails import library
 from rails.base import Rail, Stage
 from rails.config import ConfigError, RailsConfig
 
-Factory = Callable[[RailsConfig, str, Stage, Mapping[str, str]], Rail]
-
-FLOWS: dict[str, tuple[Stage, Factory]] = {
-    "regex check input": (Stage.INPUT, regex_check.build),
-    "regex check output": (Stage.OUTPUT, regex_check.build),
-    "self check input": (Stage.INPUT, self_check.build),
-    "self check output": (Stage.OUTPUT, self_check.build),
-}
+FLOWS = library.FLOWS
 
 
 def split_flow(flow: str) -> tuple[str, dict[str, str]]:

@@ -10,7 +10,7 @@ import pytest
 from rails.base import ALLOW, Action, CheckContext, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
 from rails.guardrails import Guardrails, RailRunner, StageResult
-from rails.self_check import parse_verdict
+from rails.library.self_check import parse_verdict
 from rails.turn import current_user_turn
 
 

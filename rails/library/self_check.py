@@ -59,3 +59,9 @@ def build(config: RailsConfig, name: str, stage: Stage, params: Mapping[str, str
     task = f"self_check_{stage.value}"
     prompt = compile_prompt(config, task, name, f"rails.{stage.value}.flows")
     return SelfCheck(name, stage, prompt, config.lowest_temperature)
+
+
+FLOWS = {
+    "self check input": (Stage.INPUT, build),
+    "self check output": (Stage.OUTPUT, build),
+}

@@ -66,3 +66,9 @@ def build(config: RailsConfig, name: str, stage: Stage, params: Mapping[str, str
             ) from exc
     matcher.Compile()
     return RegexCheck(name, stage, list(patterns), matcher)
+
+
+FLOWS = {
+    "regex check input": (Stage.INPUT, build),
+    "regex check output": (Stage.OUTPUT, build),
+}
