@@ -2,12 +2,14 @@
 
 Tests steer it per call with `FakeUpstream.next(...)`; by default it echoes the last user
 message, answers self-check prompts with a verdict from `judge`, and streams word by word.
+Check models other than self check are played with `answer_checks(...)`, and other APIs
+(a classifier's `POST /classify`, ...) with `route(...)`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ from aiohttp import web
 from upstream.wire import chunk, content_text, sse_event
 
 BLOCK_WORDS = ("stupid", "forbidden")
+JSON = "application/json"
 
 
 def default_judge(prompt: str) -> str:
@@ -52,11 +55,36 @@ class FakeUpstream:
         self.plans: list[Plan] = []
         self.judge: Callable[[str], str] = default_judge
         self.judge_delay = 0.0  # seconds before answering a self-check prompt
+        self._checkers: list[tuple[Callable[[dict[str, Any]], bool], Callable[..., str]]] = []
         self.disconnects = 0  # requests whose reader went away before the end
+        self._extra_routes: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {}
         self.url = ""
 
     def next(self, **plan: Any) -> None:
         self.plans.append(Plan(**plan))
+
+    def answer_checks(
+        self, matches: Callable[[dict[str, Any]], bool], answer: Callable[[dict[str, Any]], str]
+    ) -> None:
+        """Play a check model: chat bodies `matches` accepts are answered `answer(body)`
+        (after `judge_delay`), are not main calls, and don't consume `next` plans."""
+        self._checkers.append((matches, answer))
+
+    def route(
+        self,
+        path: str,
+        handler: Callable[[dict[str, Any]], Awaitable[tuple[int, Any]]],
+    ) -> None:
+        """Serve `POST {path}` (under /v1 or not, as given): `handler(json body)` returns
+        (status, JSON-able answer). Add routes before railguard starts calling them."""
+
+        async def serve(request: web.Request) -> web.Response:
+            body = orjson.loads(await request.read() or b"{}")
+            self.received.append(Received(request.path, dict(request.headers), body))
+            status, answer = await handler(body)
+            return web.Response(status=status, body=orjson.dumps(answer), content_type=JSON)
+
+        self._extra_routes[path] = serve
 
     @property
     def chat_calls(self) -> list[Received]:
@@ -65,13 +93,33 @@ class FakeUpstream:
     @property
     def main_calls(self) -> list[Received]:
         """Chat calls that are not self-check prompts."""
-        return [r for r in self.chat_calls if not _is_check(r.body)]
+        return [r for r in self.chat_calls if self._checker(r.body) is None]
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/{path:.*}", self._extra)
         return app
+
+    async def _extra(self, request: web.Request) -> web.Response:
+        handler = self._extra_routes.get(request.path)
+        if handler is None:
+            return web.Response(status=404, body=b'{"error": "no such route"}', content_type=JSON)
+        return await handler(request)
+
+    def _checker(self, body: dict[str, Any]) -> Callable[[dict[str, Any]], str] | None:
+        """Who answers this chat body when it is a check-model call, else None."""
+        for matches, answer in self._checkers:
+            if matches(body):
+                return answer
+        if _is_self_check(body):
+            return self._judge_body
+        return None
+
+    def _judge_body(self, body: dict[str, Any]) -> str:
+        messages = body.get("messages") or []
+        return self.judge(content_text(messages[-1].get("content")) if messages else "")
 
     async def _models(self, request: web.Request) -> web.Response:
         self.received.append(Received(request.path, dict(request.headers), {}))
@@ -84,7 +132,8 @@ class FakeUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         self.received.append(Received(request.path, dict(request.headers), body))
-        checking = _is_check(body)
+        checker = self._checker(body)
+        checking = checker is not None
         plan = self.plans.pop(0) if self.plans and not checking else Plan()
         delay = self.judge_delay if checking else plan.delay
         if delay:
@@ -99,11 +148,10 @@ class FakeUpstream:
             )
         messages = body.get("messages") or []
         last = content_text(messages[-1].get("content")) if messages else ""
-        text = (
-            self.judge(last)
-            if checking
-            else (plan.content if plan.content is not None else f"echo: {last}")
-        )
+        if checker is not None:
+            text = checker(body)
+        else:
+            text = plan.content if plan.content is not None else f"echo: {last}"
         if body.get("stream"):
             return await self._stream(request, body, text, plan)
         data: dict[str, Any] = {
@@ -159,6 +207,6 @@ class FakeUpstream:
         return response
 
 
-def _is_check(body: dict[str, Any]) -> bool:
+def _is_self_check(body: dict[str, Any]) -> bool:
     messages = body.get("messages") or []
     return bool(messages) and "(Yes or No)?" in content_text(messages[-1].get("content"))
