@@ -44,13 +44,20 @@ class RailRunner:
         }
         self._duration = RAIL_DURATION.labels(*labels)
 
-    async def run(self, text: str, ctx: CheckContext) -> tuple[Verdict, dict[str, Any]]:
+    async def run(
+        self, text: str, ctx: CheckContext, deadline: float | None = None
+    ) -> tuple[Verdict, dict[str, Any]]:
+        """Check `text`; a model-backed rail gets its own timeout, cut to the stage's
+        `deadline` (a `time.monotonic()` instant) when one is given."""
         started = time.time()
         t0 = time.perf_counter()
         outcome: str
         try:
             if self.rail.uses_model:
-                async with asyncio.timeout(self.timeout):
+                timeout = self.timeout
+                if deadline is not None:
+                    timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+                async with asyncio.timeout(timeout):
                     verdict = await self.rail.check(text, ctx)
             else:
                 verdict = await self.rail.check(text, ctx)
@@ -95,6 +102,20 @@ class StageResult:
     duration: float = 0.0
 
 
+def _stage_timeout(config: RailsConfig) -> float | None:
+    """`railguard.stage_timeout`: one deadline for all model-backed rails of a stage."""
+    value = (config.railguard or {}).get("stage_timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(
+            "must be a number of seconds > 0",
+            file=config.file_for("railguard"),
+            key="railguard.stage_timeout",
+        )
+    return float(value)
+
+
 def _policy(config: RailsConfig, flow: str) -> tuple[float, bool]:
     """`railguard.rails.<flow>: {timeout, on_error: block|allow}`, our own extension."""
     section: Mapping[str, Any] = config.railguard or {}
@@ -121,6 +142,7 @@ class Guardrails:
         self.input = self._compile(Stage.INPUT, config.input_flows)
         self.output = self._compile(Stage.OUTPUT, config.output_flows)
         self.parallel = {Stage.INPUT: config.input_parallel, Stage.OUTPUT: config.output_parallel}
+        self.stage_timeout = _stage_timeout(config)
         self.uses_model = any(r.rail.uses_model for r in (*self.input, *self.output))
 
     def _compile(self, stage: Stage, flows: Sequence[str]) -> list[RailRunner]:
@@ -144,27 +166,54 @@ class Guardrails:
     async def run_stage(
         self, stage: Stage, text: str, ctx: CheckContext, selection: Selection = None
     ) -> StageResult:
+        """Local rails first, in config order, so a cheap block spares every model call;
+        then the model-backed rails, in parallel when the config says so, all under one
+        deadline: `railguard.stage_timeout`, else the longest of their own timeouts."""
         runners = self.selected(stage, selection)
         result = StageResult(text)
         if not runners:
             return result
         t0 = time.perf_counter()
-        if self.parallel[stage] and len(runners) > 1:
-            await self._run_parallel(runners, result, ctx)
-        else:
-            for runner in runners:
-                verdict, entry = await runner.run(result.text, ctx)
-                result.activated.append(entry)
-                if self._apply(verdict, runner, result):
-                    break
+        remote = [r for r in runners if r.rail.uses_model]
+        for runner in runners:
+            if runner.rail.uses_model:
+                continue
+            verdict, entry = await runner.run(result.text, ctx)
+            result.activated.append(entry)
+            if self._apply(verdict, runner, result):
+                remote = []
+                break
+        if remote:
+            budget = self.stage_timeout or max(r.timeout for r in remote)
+            deadline = time.monotonic() + budget
+            if self.parallel[stage] and len(remote) > 1:
+                await self._run_parallel(remote, result, ctx, deadline)
+            else:
+                for runner in remote:
+                    verdict, entry = await runner.run(result.text, ctx, deadline)
+                    result.activated.append(entry)
+                    if self._apply(verdict, runner, result):
+                        break
         result.duration = time.perf_counter() - t0
         return result
 
+    async def rewrite(
+        self, stage: Stage, text: str, ctx: CheckContext, selection: Selection = None
+    ) -> str:
+        """`text` through the stage's rewriting rails only: for applying a rewrite the
+        stage decided on to each part of a multi-part turn. Not logged or counted again."""
+        for runner in self.selected(stage, selection):
+            if runner.rail.rewrites:
+                verdict = await runner.rail.check(text, ctx)
+                if verdict.action is Action.REWRITE and verdict.text is not None:
+                    text = verdict.text
+        return text
+
     async def _run_parallel(
-        self, runners: list[RailRunner], result: StageResult, ctx: CheckContext
+        self, runners: list[RailRunner], result: StageResult, ctx: CheckContext, deadline: float
     ) -> None:
         """All rails on the same text at once; the first block cancels the rest."""
-        tasks = {asyncio.ensure_future(r.run(result.text, ctx)): r for r in runners}
+        tasks = {asyncio.ensure_future(r.run(result.text, ctx, deadline)): r for r in runners}
         pending = set(tasks)
         try:
             while pending:

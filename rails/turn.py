@@ -100,15 +100,46 @@ class Turn:
         return bool(self.guardrails.selected(Stage.OUTPUT, self.options.rails.output))
 
     async def check_input(self) -> StageResult:
-        """Run input rails on the user turn; a rewrite of a one-message turn replaces it."""
+        """Run input rails on the user turn; a rewrite (masking) replaces what goes upstream."""
         self.input = await self.guardrails.run_stage(
             Stage.INPUT, self.user_text, self.ctx, self.options.rails.input
         )
-        if self.input.modified and len(self._user_indexes) == 1:
-            index = self._user_indexes[0]
-            self.messages[index] = {**self.messages[index], "content": self.input.text}
-            self.ctx.user_text = self.input.text
+        if self.input.modified and not self.input.blocked_by:
+            await self._rewrite_user_messages(self.input.text)
         return self.input
+
+    async def _rewrite_user_messages(self, rewritten: str) -> None:
+        """A one-message text turn takes the stage's text; otherwise each text part of each
+        user message goes through the rewriting rails on its own, so the turn keeps its
+        shape (several messages, images next to text)."""
+        indexes = self._user_indexes
+        selection = self.options.rails.input
+        if len(indexes) == 1 and isinstance(self.messages[indexes[0]].get("content"), str):
+            self.messages[indexes[0]] = {**self.messages[indexes[0]], "content": rewritten}
+        else:
+            for index in indexes:
+                message = self.messages[index]
+                content = message.get("content")
+                if isinstance(content, str):
+                    content = await self.guardrails.rewrite(
+                        Stage.INPUT, content, self.ctx, selection
+                    )
+                elif isinstance(content, list):
+                    content = [
+                        {
+                            **part,
+                            "text": await self.guardrails.rewrite(
+                                Stage.INPUT, part["text"], self.ctx, selection
+                            ),
+                        }
+                        if isinstance(part, dict) and isinstance(part.get("text"), str)
+                        else part
+                        for part in content
+                    ]
+                else:
+                    continue
+                self.messages[index] = {**message, "content": content}
+        self.user_text = self.ctx.user_text = rewritten
 
     async def check_output(self, text: str) -> StageResult:
         """Run output rails on one whole answer and make it the turn's bot message."""

@@ -27,6 +27,7 @@ class FakeRail:
         self.name = name
         self.stage = Stage.INPUT
         self.uses_model = True
+        self.rewrites = verdict.action is Action.REWRITE
         self.verdict = verdict
         self.delay = delay
         self.error = error

@@ -1,0 +1,168 @@
+"""How a stage runs its rails: local first, one deadline, parallel model checks, and
+rewrites reaching every part of the turn that goes upstream."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from rails import registry
+from rails.base import Action, CheckContext, Stage, Verdict
+from rails.config import ConfigError, RailsConfig
+from rails.guardrails import Guardrails
+from tests.conftest import SELF_CHECK_PROMPTS, StartRailguard
+from tests.fake_upstream import FakeUpstream
+
+SECRET = "secret-123"
+
+
+class Redact:
+    """A rewriting input rail for these tests: masks SECRET."""
+
+    uses_model = False
+    rewrites = True
+
+    def __init__(self, name: str, stage: Stage) -> None:
+        self.name = name
+        self.stage = stage
+
+    async def check(self, text: str, ctx: CheckContext) -> Verdict:
+        if SECRET in text:
+            return Verdict(Action.REWRITE, text=text.replace(SECRET, "[masked]"))
+        return Verdict(Action.ALLOW)
+
+
+@pytest.fixture
+def redact_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    flows = {**registry.FLOWS, "redact input": (Stage.INPUT, lambda c, n, s, p: Redact(n, s))}
+    monkeypatch.setattr(registry, "FLOWS", flows)
+
+
+async def chat(
+    http: aiohttp.ClientSession, base: str, messages: list[dict[str, Any]], **guardrails: Any
+) -> dict[str, Any]:
+    body = {"model": "m1", "messages": messages, "guardrails": guardrails}
+    async with http.post(f"{base}/v1/chat/completions", json=body) as response:
+        assert response.status == 200, await response.text()
+        data: dict[str, Any] = await response.json()
+        return data
+
+
+def self_checks(*flows: str, **railguard: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "rails": {
+            "input": {"flows": list(flows)},
+            "config": {"regex_detection": {"input": {"patterns": ["blocked-word"]}}},
+        },
+        "prompts": SELF_CHECK_PROMPTS,
+    }
+    if railguard:
+        config["railguard"] = railguard
+    return config
+
+
+async def test_rewrite_reaches_every_user_message_and_keeps_image_parts(
+    start_railguard: StartRailguard,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    redact_flow: None,
+) -> None:
+    base = await start_railguard({"c": {"rails": {"input": {"flows": ["redact input"]}}}})
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    messages = [
+        {"role": "system", "content": f"system keeps {SECRET}"},
+        {"role": "user", "content": f"first {SECRET}"},
+        {"role": "user", "content": [{"type": "text", "text": f"second {SECRET}"}, image]},
+    ]
+    await chat(http, base, messages, config_id="c", options={"output_vars": True})
+    sent = fake_upstream.main_calls[-1].body["messages"]
+    assert sent[0]["content"] == f"system keeps {SECRET}"  # not part of the user turn
+    assert sent[1]["content"] == "first [masked]"
+    assert sent[2]["content"] == [{"type": "text", "text": "second [masked]"}, image]
+
+
+async def test_rewrite_of_a_single_message(
+    start_railguard: StartRailguard,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    redact_flow: None,
+) -> None:
+    base = await start_railguard({"c": {"rails": {"input": {"flows": ["redact input"]}}}})
+    data = await chat(
+        http,
+        base,
+        [{"role": "user", "content": f"my {SECRET}"}],
+        config_id="c",
+        options={"output_vars": ["user_message"]},
+    )
+    assert fake_upstream.main_calls[-1].body["messages"][-1]["content"] == "my [masked]"
+    assert data["guardrails"]["output_data"] == {"user_message": "my [masked]"}
+
+
+async def test_local_rails_run_first_and_spare_the_model_calls(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    config = self_checks("self check input", "regex check input")
+    base = await start_railguard({"c": config})
+    data = await chat(
+        http,
+        base,
+        [{"role": "user", "content": "a blocked-word here"}],
+        config_id="c",
+        options={"log": {"activated_rails": True}},
+    )
+    assert [r["name"] for r in data["guardrails"]["log"]["activated_rails"]] == [
+        "regex check input"
+    ]
+    assert fake_upstream.chat_calls == []  # neither the check model nor the main model
+    # a passing message still runs the model-backed rail
+    await chat(http, base, [{"role": "user", "content": "fine"}], config_id="c")
+    assert len(fake_upstream.chat_calls) == 2
+
+
+async def test_one_deadline_for_the_model_rails_of_a_stage(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """Each check takes 0.3 s, within its own 1 s timeout; the stage has 0.45 s in all."""
+    fake_upstream.judge_delay = 0.3
+    config = self_checks("self check input", "self check input", rail_timeout=1, stage_timeout=0.45)
+    base = await start_railguard({"c": config})
+    started = time.perf_counter()
+    data = await chat(
+        http,
+        base,
+        [{"role": "user", "content": "fine"}],
+        config_id="c",
+        options={"log": {"activated_rails": True}},
+    )
+    assert time.perf_counter() - started < 0.8
+    decisions = [r["decisions"] for r in data["guardrails"]["log"]["activated_rails"]]
+    assert decisions == [["allow"], ["timeout: block"]]
+
+
+async def test_parallel_model_rails_take_as_long_as_the_slowest(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    fake_upstream.judge_delay = 0.4
+    config = self_checks("self check input", "self check input")
+    config["rails"]["input"]["parallel"] = True
+    base = await start_railguard({"c": config})
+    started = time.perf_counter()
+    data = await chat(
+        http,
+        base,
+        [{"role": "user", "content": "fine"}],
+        config_id="c",
+        options={"log": {"activated_rails": True}},
+    )
+    elapsed = time.perf_counter() - started
+    assert 0.4 <= elapsed < 0.75
+    assert len(data["guardrails"]["log"]["activated_rails"]) == 2
+
+
+def test_stage_timeout_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match=r"railguard\.stage_timeout"):
+        Guardrails(RailsConfig.parse_object({"railguard": {"stage_timeout": 0}}))
