@@ -21,6 +21,7 @@ from metrics import (
     ModelLabels,
 )
 from proxy.configs import ConfigStore
+from proxy.early_call import EarlyCall, speculates
 from proxy.envelope import envelope
 from proxy.errors import JSON, ApiError, invalid
 from proxy.request import ParsedChat, parse_chat
@@ -28,7 +29,14 @@ from proxy.streaming import SSE_HEADERS, StreamLimits, StreamRelay
 from rails.guardrails import Guardrails
 from rails.model_caller import ModelCaller
 from rails.turn import Turn
-from upstream import NoUpstreamError, Router, Upstream, UpstreamError, UpstreamPool
+from upstream import (
+    NoUpstreamError,
+    Router,
+    Upstream,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamStream,
+)
 from upstream.wire import (
     DONE_EVENT,
     chunk,
@@ -138,9 +146,20 @@ class ChatCompletions:
         upstream: Upstream | None = None
         if turn.calls_model:
             upstream = self._route(chat.model, guardrails)
+        early = None
+        if upstream is not None and speculates(turn):
+            body = orjson.dumps(chat.body) if chat.body_changed else raw
+            early = EarlyCall(self.pool, upstream, body, request, chat.stream, self.limits)
 
-        await turn.check_input()
+        try:
+            await turn.check_input()
+        except BaseException:
+            if early is not None:
+                await early.cancel()
+            raise
         if turn.blocked_by:
+            if early is not None:
+                await early.cancel()
             labels["outcome"] = "blocked_input"
             return await self._answer(request, chat, turn, guardrails, guardrails.refusal)
         if upstream is None:
@@ -148,17 +167,18 @@ class ChatCompletions:
             labels["outcome"] = outcome(turn)
             return await self._answer(request, chat, turn, guardrails, answer)
 
-        body = orjson.dumps(chat.body) if chat.body_changed or turn.modified else raw
         labels["outcome"] = "upstream_error"
+        if early is None:
+            body = orjson.dumps(chat.body) if chat.body_changed or turn.modified else raw
+            early = EarlyCall(self.pool, upstream, body, request, chat.stream, self.limits)
         if chat.stream:
-            return await self._stream(request, chat, turn, upstream, body, labels)
-        started = time.perf_counter()
+            return await self._stream(request, turn, upstream, early, labels)
         try:
-            result = await self.pool.chat(upstream, body, request.headers)
+            result = await early.chat()
         except UpstreamError as exc:
             raise ApiError.from_upstream(exc) from exc
         self._upstream_duration(upstream.name, labels["model"], "false").observe(
-            time.perf_counter() - started
+            time.perf_counter() - early.started
         )
         data = result.data
         await self._check_choices(turn, data, result.elapsed)
@@ -225,20 +245,14 @@ class ChatCompletions:
     async def _stream(
         self,
         request: web.Request,
-        chat: ParsedChat,
         turn: Turn,
         upstream: Upstream,
-        body: bytes,
+        early: EarlyCall,
         labels: dict[str, str],
     ) -> web.StreamResponse:
-        """Open the upstream stream (a failure before its first byte is a plain error
-        response), then relay it through the output rails."""
-        started = time.perf_counter()
-        stream = self.pool.stream(upstream, body, request.headers, self.limits.max_event_bytes)
-        try:
-            await stream.__aenter__()
-        except UpstreamError as exc:
-            raise ApiError.from_upstream(exc) from exc
+        """Wait for the upstream stream to open (a failure before its first byte is a plain
+        error response), then relay it through the output rails."""
+        stream = await _opened(early)
         response = web.StreamResponse(headers=SSE_HEADERS)
         relay = StreamRelay(turn, turn.guardrails, stream, self.limits.max_holdback_bytes)
         try:
@@ -251,6 +265,13 @@ class ChatCompletions:
         finally:
             await stream.__aexit__(None, None, None)
             self._upstream_duration(upstream.name, labels["model"], "true").observe(
-                time.perf_counter() - started
+                time.perf_counter() - early.started
             )
         return response
+
+
+async def _opened(early: EarlyCall) -> UpstreamStream:
+    try:
+        return await early.stream()
+    except UpstreamError as exc:
+        raise ApiError.from_upstream(exc) from exc

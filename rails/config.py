@@ -97,6 +97,7 @@ class RailsConfig:
     output_flows: tuple[str, ...]
     input_parallel: bool
     output_parallel: bool
+    speculative_generation: bool  # start the main call while input rails run
     streaming: StreamingSettings
     rail_settings: Mapping[str, Any]  # `rails.config`
     prompts: tuple[TaskPrompt, ...]
@@ -204,6 +205,11 @@ class RailsConfig:
                 output_flows=_strings(outputs.get("flows"), "rails.output.flows"),
                 input_parallel=_bool(inputs.get("parallel"), "rails.input.parallel", False),
                 output_parallel=_bool(outputs.get("parallel"), "rails.output.parallel", False),
+                speculative_generation=_bool(
+                    inputs.get("speculative_generation"),
+                    "rails.input.speculative_generation",
+                    False,
+                ),
                 streaming=_parse_streaming(outputs.get("streaming"), "rails.output.streaming"),
                 rail_settings=_mapping(rails.get("config"), "rails.config"),
                 prompts=_parse_prompts(raw.get("prompts")),

@@ -3,6 +3,7 @@ rewrites reaching every part of the turn that goes upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -166,3 +167,75 @@ async def test_parallel_model_rails_take_as_long_as_the_slowest(
 def test_stage_timeout_must_be_positive() -> None:
     with pytest.raises(ConfigError, match=r"railguard\.stage_timeout"):
         Guardrails(RailsConfig.parse_object({"railguard": {"stage_timeout": 0}}))
+
+
+def speculative(flows: tuple[str, ...] = ("self check input",)) -> dict[str, Any]:
+    config = self_checks(*flows)
+    config["rails"]["input"]["speculative_generation"] = True
+    return config
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_speculative_generation_overlaps_the_main_call_with_input_rails(
+    start_railguard: StartRailguard,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    stream: bool,
+) -> None:
+    fake_upstream.judge_delay = 0.4
+    base = await start_railguard({"on": speculative(), "off": self_checks("self check input")})
+    timings = {}
+    for config_id in ("on", "off"):
+        fake_upstream.next(delay=0.4)
+        body = {
+            "model": "m1",
+            "stream": stream,
+            "messages": [{"role": "user", "content": "fine"}],
+            "guardrails": {"config_id": config_id},
+        }
+        started = time.perf_counter()
+        async with http.post(f"{base}/v1/chat/completions", json=body) as response:
+            raw = await response.read()
+        timings[config_id] = time.perf_counter() - started
+        assert b"echo: fine" in raw or b"fine" in raw
+    assert timings["on"] < 0.7 <= timings["off"], timings
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_speculative_call_is_cancelled_when_an_input_rail_blocks(
+    start_railguard: StartRailguard,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    stream: bool,
+) -> None:
+    fake_upstream.judge_delay = 0.2
+    base = await start_railguard({"on": speculative()})
+    fake_upstream.next(delay=2.0)
+    body = {
+        "model": "m1",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "something forbidden"}],
+        "guardrails": {"config_id": "on"},
+    }
+    started = time.perf_counter()
+    async with http.post(f"{base}/v1/chat/completions", json=body) as response:
+        raw = await response.read()
+    assert time.perf_counter() - started < 1.0
+    assert b"I'm sorry, I can't respond to that." in raw
+    assert len(fake_upstream.main_calls) == 1  # it had started...
+    for _ in range(50):
+        if fake_upstream.disconnects:
+            break
+        await asyncio.sleep(0.02)
+    assert fake_upstream.disconnects == 1  # ...and was cancelled
+
+
+async def test_no_speculation_when_an_input_rail_can_rewrite(
+    start_railguard: StartRailguard,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    redact_flow: None,
+) -> None:
+    base = await start_railguard({"on": speculative(("redact input", "self check input"))})
+    await chat(http, base, [{"role": "user", "content": f"my {SECRET}"}], config_id="on")
+    assert [c.body["messages"][-1]["content"] for c in fake_upstream.main_calls] == ["my [masked]"]
