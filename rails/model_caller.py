@@ -2,7 +2,8 @@
 
 A config's model of a given type either names its own `parameters.base_url` or is
 routed like any request: upstreams table, then the default upstream. Its model name
-defaults to the request's `model` when the config names none.
+defaults to the request's `model` when the config names none. Classifier APIs a rail
+calls (a jailbreak detector) are fixed upstreams the rail built at load.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from rails.config import RailsConfig
 from upstream import LLMReply, Router, Upstream, UpstreamPool, chat_text
@@ -98,3 +101,29 @@ class ModelCaller:
             }
         )
         return reply
+
+    async def post_json(
+        self, task: str, upstream: Upstream, path: str, payload: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """POST to a fixed JSON API (a classifier) and record the call like a model's.
+
+        The client's headers are not sent: the service is not the client's upstream, and
+        its credentials, if any, are its own (`upstream.api_key_env`, `upstream.headers`).
+        """
+        started = time.time()
+        answer, duration = await self._pool.post_json(upstream, path, payload)
+        self.calls.append(
+            {
+                "task": task,
+                "llm_model_name": None,
+                "prompt": orjson.dumps(payload).decode(),
+                "completion": orjson.dumps(answer).decode(),
+                "started_at": started,
+                "finished_at": started + duration,
+                "duration": duration,
+                "prompt_tokens": None,
+                "completion_tokens": None,
+                "total_tokens": None,
+            }
+        )
+        return answer

@@ -102,6 +102,7 @@ class _Route:
 
     __slots__ = (
         "_session",
+        "_urls",
         "authorization",
         "chat_url",
         "drop",
@@ -128,6 +129,14 @@ class _Route:
         # The upstream's own headers win over a client header of the same name.
         self.drop = HOP_BY_HOP | {name.lower() for name in static}
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
+
+    def url(self, path: str) -> URL:
+        """`base_url + path`, parsed once per path."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(f"{self.upstream.base_url}{path}")
+        return url
 
     def headers(self, client_headers: Mapping[str, str] | None) -> dict[str, str]:
         headers, authorization = (
@@ -245,6 +254,23 @@ class UpstreamPool:
         if not isinstance(data, list):
             raise UpstreamBadResponse(f"Upstream {upstream.name} sent a model list without 'data'")
         return [model for model in data if isinstance(model, dict)]
+
+    async def post_json(
+        self,
+        upstream: Upstream,
+        path: str,
+        payload: Mapping[str, Any],
+        client_headers: Mapping[str, str] | None = None,
+    ) -> tuple[dict[str, Any], float]:
+        """POST `payload` to `base_url + path` of a JSON API that is not chat (a classifier);
+        its JSON object answer and the seconds it took. `path` is "" or starts with "/"."""
+        route = self._route(upstream)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        _, raw = await route.fetch(
+            "POST", route.url(path), orjson.dumps(payload), route.headers(client_headers)
+        )
+        return _json_object(upstream, raw), loop.time() - started
 
     async def close(self) -> None:
         for route in self._routes.values():
