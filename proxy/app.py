@@ -13,6 +13,7 @@ from proxy.endpoints import Endpoints, health
 from proxy.errors import error_middleware
 from proxy.settings import Settings
 from proxy.streaming import StreamLimits
+from rails.check_cache import CheckCache
 from rails.config import ConfigRoot
 from upstream import Router, Upstream, UpstreamPool, load_upstreams_file
 
@@ -53,8 +54,10 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     app[POOL] = pool
 
     limits = StreamLimits(settings.stream_max_event_bytes, settings.stream_max_holdback_bytes)
-    chat = ChatCompletions(store, router, pool, ModelLabels(known_models(store, router)), limits)
-    endpoints = Endpoints(store, router, pool)
+    cache = CheckCache(settings.check_cache_size, settings.check_cache_ttl)
+    models = ModelLabels(known_models(store, router))
+    chat = ChatCompletions(store, router, pool, models, limits, cache)
+    endpoints = Endpoints(store, router, pool, cache)
     p = settings.normalized_prefix
     app.router.add_post(f"{p}/v1/chat/completions", chat.handle)
     app.router.add_post(f"{p}/v1/checks", endpoints.checks)

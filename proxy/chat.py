@@ -26,6 +26,7 @@ from proxy.envelope import envelope
 from proxy.errors import JSON, ApiError, invalid
 from proxy.request import ParsedChat, parse_chat
 from proxy.streaming import SSE_HEADERS, StreamLimits, StreamRelay
+from rails.check_cache import CheckCache
 from rails.guardrails import Guardrails
 from rails.model_caller import ModelCaller
 from rails.turn import Turn
@@ -53,11 +54,12 @@ def start_turn(
     guardrails: Guardrails,
     pool: UpstreamPool,
     router: Router,
+    cache: CheckCache | None,
 ) -> Turn:
     """A Turn for this request; model-backed rails get a caller that routes like requests do."""
     caller = None
     if guardrails.uses_model:
-        caller = ModelCaller(pool, router, guardrails.targets, chat.model, request.headers)
+        caller = ModelCaller(pool, router, guardrails.targets, chat.model, request.headers, cache)
     return Turn(
         guardrails,
         chat.messages,
@@ -93,9 +95,11 @@ class ChatCompletions:
         pool: UpstreamPool,
         model_labels: ModelLabels,
         limits: StreamLimits,
+        cache: CheckCache | None = None,
     ) -> None:
         self.store = store
         self.limits = limits
+        self.cache = cache
         self.router = router
         self.pool = pool
         self.model_labels = model_labels
@@ -141,7 +145,7 @@ class ChatCompletions:
         guardrails = self.store.resolve(chat.guardrails.config_id, chat.guardrails.config_ids)
         labels["config_id"] = guardrails.id
         labels["model"] = self.model_labels(chat.model)
-        turn = start_turn(request, chat, guardrails, self.pool, self.router)
+        turn = start_turn(request, chat, guardrails, self.pool, self.router, self.cache)
 
         upstream: Upstream | None = None
         if turn.calls_model:

@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
         default=10 * 1024 * 1024,
         help="most of one streamed answer held back for output rails",
     )
+    serve.add_argument(
+        "--check-cache-size",
+        type=int,
+        default=1024,
+        help="answers of identical model checks kept (0: off)",
+    )
+    serve.add_argument(
+        "--check-cache-ttl", type=float, default=60.0, help="seconds a cached check answer lives"
+    )
     serve.add_argument("--log-level", default=os.environ.get("RAILGUARD_LOG_LEVEL", "INFO"))
     demo = commands.add_parser("demo-upstream", help="run the echoing demo upstream (not a model)")
     demo.add_argument("--host", default="127.0.0.1")
@@ -93,6 +102,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         read_timeout=args.read_timeout,
         stream_max_event_bytes=args.stream_max_event_bytes,
         stream_max_holdback_bytes=args.stream_max_holdback_bytes,
+        check_cache_size=max(0, args.check_cache_size),
+        check_cache_ttl=args.check_cache_ttl,
     )
 
 

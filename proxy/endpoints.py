@@ -14,6 +14,7 @@ from proxy.chat import outcome, start_turn
 from proxy.configs import ConfigStore
 from proxy.errors import JSON, ApiError
 from proxy.request import parse_chat
+from rails.check_cache import CheckCache
 from upstream import Router, Upstream, UpstreamError, UpstreamPool
 
 _OK = orjson.dumps({"status": "ok"})
@@ -31,10 +32,17 @@ async def health(request: web.Request) -> web.Response:
 class Endpoints:
     """Handlers that need the loaded configs or the upstreams."""
 
-    def __init__(self, store: ConfigStore, router: Router, pool: UpstreamPool) -> None:
+    def __init__(
+        self,
+        store: ConfigStore,
+        router: Router,
+        pool: UpstreamPool,
+        cache: CheckCache | None = None,
+    ) -> None:
         self.store = store
         self.router = router
         self.pool = pool
+        self.cache = cache
         self._configs = orjson.dumps([{"id": cid} for cid in store.ids])
         self._challenges = orjson.dumps(list(store.root.challenges))
         self._model_sources = self._model_list_sources(store, router)
@@ -90,7 +98,7 @@ class Endpoints:
         trailing assistant message. `model` is optional here."""
         chat = parse_chat(await request.read(), model_required=False)
         guardrails = self.store.resolve(chat.guardrails.config_id, chat.guardrails.config_ids)
-        turn = start_turn(request, chat, guardrails, self.pool, self.router)
+        turn = start_turn(request, chat, guardrails, self.pool, self.router, self.cache)
         await turn.check_input()
         content = await turn.answer_without_model()
         result = outcome(turn)

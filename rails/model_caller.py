@@ -8,15 +8,17 @@ calls (a jailbreak detector) are fixed upstreams the rail built at load.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
+from rails.check_cache import CheckCache
 from rails.config import RailsConfig
-from upstream import LLMReply, Router, Upstream, UpstreamPool, chat_text
+from upstream import LLMReply, Router, Upstream, UpstreamConnectFailed, UpstreamPool, chat_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +43,28 @@ def model_targets(config: RailsConfig) -> dict[str, ModelTarget]:
     return targets
 
 
+CONNECT_RETRIES = 2  # only for connections that could not be made: nothing was sent
+RETRY_PAUSE = 0.05  # seconds, doubled for each retry
+
+T = TypeVar("T")
+
+
+async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, again after a pause when no connection could be made (never after a
+    request went out: a check model may have answered it)."""
+    for attempt in range(CONNECT_RETRIES):
+        try:
+            return await call()
+        except UpstreamConnectFailed:
+            await asyncio.sleep(RETRY_PAUSE * 2**attempt)
+    return await call()
+
+
 class ModelCaller:
-    """One request's access to models; records every call for `log.llm_calls`."""
+    """One request's access to models; records every call for `log.llm_calls`.
+
+    Identical calls within the check cache's lifetime are answered from it.
+    """
 
     def __init__(
         self,
@@ -51,12 +73,14 @@ class ModelCaller:
         targets: Mapping[str, ModelTarget],
         request_model: str,
         client_headers: Mapping[str, str] | None,
+        cache: CheckCache | None = None,
     ) -> None:
         self._pool = pool
         self._router = router
         self._targets = targets
         self._request_model = request_model
         self._client_headers = client_headers
+        self._cache = cache if cache is not None and cache.size > 0 else None
         self.calls: list[dict[str, Any]] = []
 
     def resolve(self, model_type: str) -> tuple[Upstream, str]:
@@ -75,31 +99,26 @@ class ModelCaller:
         max_tokens: int | None = None,
     ) -> LLMReply:
         upstream, model = self.resolve(model_type)
+        prompt = "\n".join(str(m.get("content", "")) for m in messages)
+        key = [upstream.base_url, model, messages, temperature, max_tokens]
+        cached = self._cached(key)
+        if isinstance(cached, LLMReply):
+            self._record(task, model, prompt, cached.text, time.time(), 0.0, cached.usage, True)
+            return cached
         started = time.time()
-        reply = await chat_text(
-            self._pool,
-            upstream,
-            model,
-            messages,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            client_headers=self._client_headers,
+        reply = await _retrying(
+            lambda: chat_text(
+                self._pool,
+                upstream,
+                model,
+                messages,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                client_headers=self._client_headers,
+            )
         )
-        usage = reply.usage or {}
-        self.calls.append(
-            {
-                "task": task,
-                "llm_model_name": model,
-                "prompt": "\n".join(str(m.get("content", "")) for m in messages),
-                "completion": reply.text,
-                "started_at": started,
-                "finished_at": started + reply.duration,
-                "duration": reply.duration,
-                "prompt_tokens": usage.get("prompt_tokens"),
-                "completion_tokens": usage.get("completion_tokens"),
-                "total_tokens": usage.get("total_tokens"),
-            }
-        )
+        self._store(key, reply)
+        self._record(task, model, prompt, reply.text, started, reply.duration, reply.usage, False)
         return reply
 
     async def post_json(
@@ -110,20 +129,50 @@ class ModelCaller:
         The client's headers are not sent: the service is not the client's upstream, and
         its credentials, if any, are its own (`upstream.api_key_env`, `upstream.headers`).
         """
+        prompt = orjson.dumps(payload).decode()
+        key = [upstream.base_url, path, payload]
+        cached = self._cached(key)
+        if isinstance(cached, dict):
+            completion = orjson.dumps(cached).decode()
+            self._record(task, None, prompt, completion, time.time(), 0.0, None, True)
+            return cached
         started = time.time()
-        answer, duration = await self._pool.post_json(upstream, path, payload)
+        answer, duration = await _retrying(lambda: self._pool.post_json(upstream, path, payload))
+        self._store(key, answer)
+        self._record(task, None, prompt, orjson.dumps(answer).decode(), started, duration)
+        return answer
+
+    def _cached(self, key: list[Any]) -> Any:
+        return self._cache.get(orjson.dumps(key)) if self._cache is not None else None
+
+    def _store(self, key: list[Any], value: Any) -> None:
+        if self._cache is not None:
+            self._cache.put(orjson.dumps(key), value)
+
+    def _record(
+        self,
+        task: str,
+        model: str | None,
+        prompt: str,
+        completion: str,
+        started: float,
+        duration: float,
+        usage: Mapping[str, Any] | None = None,
+        from_cache: bool = False,
+    ) -> None:
+        usage = usage or {}
         self.calls.append(
             {
                 "task": task,
-                "llm_model_name": None,
-                "prompt": orjson.dumps(payload).decode(),
-                "completion": orjson.dumps(answer).decode(),
+                "llm_model_name": model,
+                "prompt": prompt,
+                "completion": completion,
                 "started_at": started,
                 "finished_at": started + duration,
                 "duration": duration,
-                "prompt_tokens": None,
-                "completion_tokens": None,
-                "total_tokens": None,
+                "prompt_tokens": None if from_cache else usage.get("prompt_tokens"),
+                "completion_tokens": None if from_cache else usage.get("completion_tokens"),
+                "total_tokens": None if from_cache else usage.get("total_tokens"),
+                "from_cache": from_cache,
             }
         )
-        return answer

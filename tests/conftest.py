@@ -101,6 +101,7 @@ def start_railguard(
         else:
             root = write_configs(tmp_path / "configs", configs or STANDARD_CONFIGS)
         settings.setdefault("upstream_url", fake_upstream.url)
+        settings.setdefault("check_cache_size", 0)  # tests count check calls; opt in per test
         app = build_app(Settings(config_path=root, **settings), load_config_root(root))
         server = await aiohttp_server(app)
         return str(server.make_url("")).rstrip("/")

@@ -351,7 +351,7 @@ async def test_a_service_that_is_down_follows_on_error(
     data = await chat(http, base, "hello")
     assert rail_log(data)["decisions"] == [f"error: {policy}"]
     assert answer_text(data) == (REFUSAL if policy == "block" else "echo: hello")
-    assert "rail 'jailbreak detection heuristics' failed (UpstreamUnreachable" in caplog.text
+    assert "rail 'jailbreak detection heuristics' failed (UpstreamConnectFailed" in caplog.text
     assert "jb:jailbreak_detection is unreachable" in caplog.text
     assert down not in caplog.text  # the service is named, its address is not logged
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from rails import registry
@@ -239,3 +240,86 @@ async def test_no_speculation_when_an_input_rail_can_rewrite(
     base = await start_railguard({"on": speculative(("redact input", "self check input"))})
     await chat(http, base, [{"role": "user", "content": f"my {SECRET}"}], config_id="on")
     assert [c.body["messages"][-1]["content"] for c in fake_upstream.main_calls] == ["my [masked]"]
+
+
+async def test_identical_model_checks_are_answered_from_the_cache(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard(
+        {"c": self_checks("self check input")}, check_cache_size=16, check_cache_ttl=0.5
+    )
+    log = {"log": {"llm_calls": True}}
+    checks = lambda: len(fake_upstream.chat_calls) - len(fake_upstream.main_calls)  # noqa: E731
+    first = await chat(
+        http, base, [{"role": "user", "content": "hello"}], config_id="c", options=log
+    )
+    second = await chat(
+        http, base, [{"role": "user", "content": "hello"}], config_id="c", options=log
+    )
+    assert checks() == 1
+    calls = [c for c in second["guardrails"]["log"]["llm_calls"] if c["task"] != "general"]
+    assert calls[0]["from_cache"] is True and calls[0]["completion"] == "No"
+    assert first["guardrails"]["log"]["llm_calls"][0]["from_cache"] is False
+    await chat(http, base, [{"role": "user", "content": "other"}], config_id="c")
+    assert checks() == 2  # another message is another check
+    await asyncio.sleep(0.6)
+    await chat(http, base, [{"role": "user", "content": "hello"}], config_id="c")
+    assert checks() == 3  # expired
+
+
+async def test_check_model_connection_refused_is_retried(
+    start_railguard: StartRailguard,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    unused_tcp_port: int,
+) -> None:
+    port = unused_tcp_port
+    config = self_checks("self check input")
+    config["models"] = [
+        {
+            "type": "self_check_input",
+            "engine": "openai",
+            "model": "judge",
+            "parameters": {"base_url": f"http://127.0.0.1:{port}/v1"},
+        }
+    ]
+    base = await start_railguard({"c": config})
+    judge = FakeUpstream()
+    request = asyncio.ensure_future(
+        chat(
+            http,
+            base,
+            [{"role": "user", "content": "hello"}],
+            config_id="c",
+            options={"log": {"activated_rails": True}},
+        )
+    )
+    await asyncio.sleep(0.01)  # the first attempt finds nothing listening
+    runner = aiohttp.web.AppRunner(judge.app())
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        data = await request
+    finally:
+        await runner.cleanup()
+    assert data["guardrails"]["log"]["activated_rails"][0]["decisions"] == ["allow"]
+    assert len(judge.chat_calls) == 1
+
+
+async def test_check_model_errors_are_not_retried(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    def broken(prompt: str) -> str:
+        raise RuntimeError("judge down")
+
+    fake_upstream.judge = broken
+    base = await start_railguard({"c": self_checks("self check input")})
+    data = await chat(
+        http,
+        base,
+        [{"role": "user", "content": "hello"}],
+        config_id="c",
+        options={"log": {"activated_rails": True}},
+    )
+    assert data["guardrails"]["log"]["activated_rails"][0]["decisions"] == ["error: block"]
+    assert len(fake_upstream.chat_calls) == 1  # the 500 was not asked again

@@ -22,6 +22,7 @@ from yarl import URL
 
 from upstream.errors import (
     UpstreamBadResponse,
+    UpstreamConnectFailed,
     UpstreamError,
     UpstreamEventTooLarge,
     UpstreamHTTPError,
@@ -471,6 +472,8 @@ def _failure(upstream: Upstream, exc: BaseException) -> UpstreamError:
         return UpstreamTimeout(f"Upstream {name} sent nothing for {upstream.read_timeout:g}s")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return UpstreamUnreachable(f"Upstream {name} broke off its response")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectFailed(f"Upstream {name} is unreachable: {_reason(exc)}")
     if isinstance(exc, aiohttp.ClientConnectionError):
         return UpstreamUnreachable(f"Upstream {name} is unreachable: {_reason(exc)}")
     return UpstreamBadResponse(f"Upstream {name} sent an invalid HTTP response")

@@ -36,6 +36,10 @@ class UpstreamUnreachable(UpstreamError):
     code = "upstream_unreachable"
 
 
+class UpstreamConnectFailed(UpstreamUnreachable):
+    """No connection could be made: the request was never sent, so it is safe to retry."""
+
+
 class UpstreamTimeout(UpstreamError):
     """The upstream did not connect, or went silent, for longer than its timeout."""
 
