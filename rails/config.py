@@ -459,7 +459,8 @@ def _parse_models(value: Any) -> tuple[ModelSpec, ...]:
             ModelSpec(
                 type=type_,
                 engine=_optional_string(model.get("engine"), f"{key}.engine"),
-                model=_optional_string(model.get("model"), f"{key}.model"),
+                model=_optional_string(model.get("model"), f"{key}.model")
+                or _optional_string(parameters.get("model_name"), f"{key}.parameters.model_name"),
                 base_url=base_url,
                 api_key_env_var=_optional_string(
                     model.get("api_key_env_var"), f"{key}.api_key_env_var"

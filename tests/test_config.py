@@ -651,3 +651,22 @@ def test_parse_bot_messages() -> None:
     assert not has_flows('define bot x\n  "y"\n')
     assert has_flows("define flow x\n  bot y\n")
     assert has_flows("flow main\n  user said 'hi'\n")
+
+
+def test_model_name_in_parameters_names_the_model() -> None:
+    """NeMo's content-safety docs name the model as `parameters.model_name`."""
+    config = RailsConfig.parse_object(
+        {
+            "models": [
+                {"type": "content_safety", "engine": "nim", "parameters": {"model_name": "guard"}},
+                {
+                    "type": "main",
+                    "engine": "openai",
+                    "model": "m",
+                    "parameters": {"model_name": "x"},
+                },
+            ]
+        }
+    )
+    assert config.model_of_type("content_safety").model == "guard"  # type: ignore[union-attr]
+    assert config.model_of_type("main").model == "m"  # type: ignore[union-attr]

@@ -148,12 +148,6 @@ def test_unknown_flow_lists_the_ones_we_implement() -> None:
     assert "regex check input" in message and "self check input" in message
 
 
-def test_self_check_needs_a_prompt() -> None:
-    config = RailsConfig.parse_object({"rails": {"output": {"flows": ["self check output"]}}})
-    with pytest.raises(ConfigError, match="self_check_output"):
-        Guardrails(config)
-
-
 def test_bad_on_error_policy_is_a_config_error() -> None:
     config = RailsConfig.parse_object(
         {

@@ -114,22 +114,16 @@ def test_output_flow_listed_as_input(tmp_path: Path) -> None:
     assert "unknown input rail flow 'self check output'" in stderr
 
 
-def test_self_check_without_its_prompt(tmp_path: Path) -> None:
-    output_prompt_only = [p for p in SELF_CHECK_PROMPTS if p["task"] == "self_check_output"]
+def test_safety_flow_naming_a_model_type_the_config_lacks(tmp_path: Path) -> None:
+    flow = "content safety check input $model=content_safety"
     root = write_configs(
-        tmp_path / "configs",
-        {
-            "good": GOOD,
-            "bad": {
-                "rails": {"input": {"flows": ["self check input"]}},
-                "prompts": output_prompt_only,
-            },
-        },
+        tmp_path / "configs", {"good": GOOD, "bad": {"rails": {"input": {"flows": [flow]}}}}
     )
     stderr = run_broken(root).stderr
-    assert str(root / "bad" / "config.yml") in stderr
-    assert "rails.input.flows" in stderr
-    assert "'self check input' needs a prompt for the task 'self_check_input'" in stderr
+    assert f"{root / 'bad' / 'config.yml'}: rails.input.flows[0]: " in stderr
+    assert (
+        f"'{flow}' needs a model of type 'content_safety' in `models` (types there: none)" in stderr
+    )
 
 
 def test_yaml_syntax_error(tmp_path: Path) -> None:
