@@ -5,9 +5,11 @@ the benchmark measures railguard, not its stand-in:
 
 * ``POST /v1/chat/completions`` answers a small, fixed ``chat.completion`` JSON;
 * with ``"stream": true`` it answers an SSE stream of ``x_bench_chunks`` chunks (default
-  100; the last one carries ``finish_reason: stop``), one chunked-encoding frame per event
-  written separately (yielding to the loop in between, like a token generator), then
-  ``data: [DONE]``;
+  100; the last one carries ``finish_reason: stop`` and no content, so a stream carries
+  ``x_bench_chunks - 1`` tokens), one chunked-encoding frame per event written separately
+  (yielding to the loop in between, like a token generator), then ``data: [DONE]``;
+  ``x_bench_token_ms`` paces the stream instead: one event every that many milliseconds,
+  on a fixed schedule from the first (so timer jitter does not add up);
 * ``GET /v1/models`` answers one model; anything else is a 404.
 
 Keep-alive is the default, ``Connection: close`` is honoured. Run it on its own:
@@ -49,7 +51,18 @@ MODELS = orjson.dumps(
 NOT_FOUND = b'{"error":{"message":"not found","type":"invalid_request_error"}}'
 DEFAULT_CHUNKS = 100
 MAX_CHUNKS = 100_000
+MAX_TOKEN_MS = 10_000.0
 _WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog.")
+
+
+def stream_tokens(chunks: int) -> int:
+    """How many content deltas (tokens) a stream of `chunks` chunks carries."""
+    return max(1, chunks - 1)
+
+
+def stream_text(chunks: int) -> str:
+    """The answer a stream of `chunks` chunks carries (what output rails see)."""
+    return "".join(_WORDS[index % len(_WORDS)] for index in range(stream_tokens(chunks)))
 
 
 def _response(status: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
@@ -110,8 +123,11 @@ FINAL_FRAME = _frame(
 STREAM_END = _frame(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
 
-def stream_chunks(body: bytes) -> int | None:
-    """The number of chunks to stream when the request asks for a stream, else None."""
+def stream_plan(body: bytes) -> tuple[int, float] | None:
+    """(chunks, seconds between events) when the request asks for a stream, else None.
+
+    No pacing (0.0) means yielding to the loop between events, like a token generator.
+    """
     if b'"stream"' not in body:
         return None
     try:
@@ -122,8 +138,11 @@ def stream_chunks(body: bytes) -> int | None:
         return None
     chunks = data.get("x_bench_chunks", DEFAULT_CHUNKS)
     if not isinstance(chunks, int) or chunks < 1:
-        return DEFAULT_CHUNKS
-    return min(chunks, MAX_CHUNKS)
+        chunks = DEFAULT_CHUNKS
+    token_ms = data.get("x_bench_token_ms", 0.0)
+    if isinstance(token_ms, bool) or not isinstance(token_ms, int | float) or token_ms < 0:
+        token_ms = 0.0
+    return min(chunks, MAX_CHUNKS), min(float(token_ms), MAX_TOKEN_MS) / 1e3
 
 
 class FakeLLM(asyncio.Protocol):
@@ -186,10 +205,10 @@ class FakeLLM(asyncio.Protocol):
         assert self.transport is not None
         line = head[: head.find(b"\r\n")]
         if line.startswith(b"post /v1/chat/completions "):
-            chunks = stream_chunks(body)
-            if chunks is not None:
+            plan = stream_plan(body)
+            if plan is not None:
                 self.streaming = True
-                asyncio.get_running_loop().create_task(self._stream(chunks))
+                asyncio.get_running_loop().create_task(self._stream(*plan))
                 return
             self.transport.write(COMPLETION_RESPONSE)
         elif line.startswith(b"get /v1/models "):
@@ -199,20 +218,22 @@ class FakeLLM(asyncio.Protocol):
         if self.close_after:
             self.transport.close()
 
-    async def _stream(self, chunks: int) -> None:
+    async def _stream(self, chunks: int, pace: float) -> None:
         try:
             transport = self.transport
             if transport is None:
                 return
+            loop = asyncio.get_running_loop()
+            start = loop.time()
             transport.write(STREAM_HEAD + FIRST_FRAME)
             for index in range(chunks - 2):
-                await asyncio.sleep(0)  # a token generator yields between tokens
+                await _next_token(loop, start, index + 1, pace)
                 if not self.can_write.is_set():
                     await self.can_write.wait()
                 if self.transport is None:
                     return
                 transport.write(FRAMES[index % len(FRAMES)])
-            await asyncio.sleep(0)
+            await _next_token(loop, start, max(1, chunks - 1), pace)
             if self.transport is None:
                 return
             transport.write(FINAL_FRAME + STREAM_END if chunks > 1 else STREAM_END)
@@ -222,6 +243,15 @@ class FakeLLM(asyncio.Protocol):
             self.streaming = False
         if self.buf:
             self._process()
+
+
+async def _next_token(loop: asyncio.AbstractEventLoop, start: float, n: int, pace: float) -> None:
+    """Wait for the `n`th event: yield once when unpaced, else until `start + n * pace`."""
+    if not pace:
+        await asyncio.sleep(0)  # a token generator yields between tokens
+        return
+    delay = start + n * pace - loop.time()
+    await asyncio.sleep(delay if delay > 0 else 0)
 
 
 async def serve(host: str, port: int) -> None:

@@ -2,7 +2,7 @@
 
 Run it from the repository root (``make bench`` does the full run):
 
-    .venv/bin/python bench/run.py            # full run, about 80 s
+    .venv/bin/python bench/run.py            # full run, about 2 minutes
     .venv/bin/python bench/run.py --quick    # smaller samples, under 40 s
     .venv/bin/python bench/run.py --json out.json --generator python
 
@@ -10,8 +10,12 @@ What it starts (every process is stopped on exit, Ctrl-C or error):
 
 * ``bench/fake_llm.py``, a raw-asyncio fake OpenAI upstream, pinned to the second CPU;
 * railguard (``python -m proxy.cli serve``) pinned to the first CPU, on a temporary config
-  root with two configs: ``none`` (no rails, the default) and ``regex`` (``regex check
-  input`` and ``regex check output``, five or six realistic patterns each);
+  root with four configs: ``none`` (no rails, the default), ``regex`` (``regex check
+  input`` and ``regex check output``, five or six realistic patterns each), and two with
+  the output rail alone checked over streams (``rails.output.streaming.enabled``):
+  ``stream_first`` (windows of 200 tokens overlapping by 50; events go out at once and are
+  checked behind) and ``hold`` (windows of 32 overlapping by 8, ``stream_first: false``;
+  events are held until their window passed, several windows per 200-chunk stream);
 * the load generators (this process, and ``wrk`` or the Python fallback) on the second CPU.
 
 On a machine with fewer than two CPUs nothing is pinned and the table says so.
@@ -28,6 +32,27 @@ c. the cost of the regex rails on a ~4 KB user message: ``regex`` against ``none
    answer) next to the bare ``re`` searches it wraps;
 d. streaming: time from request to ``[DONE]`` for 200-chunk streams; (proxy - direct) /
    chunks is the per-chunk overhead. A 20-chunk stream gives the marginal (slope) cost too.
+e. streaming output rails:
+   - time to first token (request sent to the first event with non-empty content), direct
+     against ``none`` and ``stream_first``: on 20-chunk streams read back to back (the
+     target rows), and on 10-chunk streams paced at 1 ms per token (context). Not on long
+     unpaced streams: the upstream then keeps the client's CPU busy and the client often
+     reads railguard's first event late (those figures are in the JSON); and paced
+     streams leave the CPUs idle between tokens, after which this VM runs code cold;
+   - per-chunk overhead as in d (200 chunks) for ``stream_first`` (target) and ``hold``
+     (a 200-chunk stream carries 199 tokens: ``stream_first``'s 200-token windows check it
+     once, at the end, behind the events; ``hold`` checks 8 windows);
+   - hold-back per window: 200-chunk streams at 1 ms per token through ``hold``; the mean of
+     railguard's ``railguard_stream_holdback_seconds`` (``/metrics`` read before and after)
+     against the time the same windows take to fill on the same stream read directly
+     (a window's first new token to its last token, or to ``[DONE]`` for the last
+     window, checked when the stream ends); the difference is railguard's own cost;
+   - memory: railguard's RSS (``VmRSS``) before and after 1,000 sequential ``hold``
+     streams (after a warm-up batch), and after each round of 200 concurrent ``hold``
+     streams (growth from the second round to the last).
+   Every stream must end with ``[DONE]``, with no error event and, through railguard,
+   with its ``guardrails`` chunk (an output rail that blocked would cut it short); else
+   the run stops with status 2.
 
 Reading the table: "direct" is the upstream called without railguard, "railguard" the
 same call through it, "added" the difference (or ratio for throughput). PASS/FAIL compares
@@ -48,11 +73,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import math
 import os
 import platform
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,8 +94,25 @@ from typing import Any
 import loadgen
 import orjson
 import yaml
-from fake_llm import ANSWER
-from httpclient import BenchError, RawClient, build_request, summary, timed
+from fake_llm import ANSWER, stream_text, stream_tokens
+from httpclient import (
+    BenchError,
+    Check,
+    RawClient,
+    StreamTiming,
+    build_request,
+    summary,
+    timed,
+)
+from streamrails import (
+    check_stream,
+    completed,
+    concurrent_streams,
+    holdback_metric,
+    mean_fill,
+    rss_bytes,
+    window_spans,
+)
 from sysload import CpuWatch
 
 BENCH = Path(__file__).resolve().parent
@@ -81,6 +125,12 @@ TARGET_ADDED_P99 = 3e-3
 TARGET_RPS = 2000.0
 TARGET_REGEX = 0.1e-3
 TARGET_CHUNK = 50e-6
+TARGET_TTFT = 1e-3
+TARGET_HOLDBACK = 1e-3  # railguard's own hold-back per window, beyond the window's fill time
+TARGET_RSS_GROWTH = 5 * 1024 * 1024
+HOLD_CHUNK, HOLD_CONTEXT = 32, 8  # the `hold` config's windows: several per 200-chunk stream
+FIRST_CHUNK, FIRST_CONTEXT = 48, 12  # `stream_first`: windows checked behind the stream
+TOKEN_MS = 1.0  # pacing of the hold-back streams
 BUSY_FOREIGN = 0.10  # other processes using more than this share of a CPU
 BUSY_STEAL = 0.05
 
@@ -99,6 +149,27 @@ OUTPUT_PATTERNS = [
     r"\bAKIA[0-9A-Z]{16}\b",
     r"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----",
 ]
+
+
+def output_streaming(chunk_size: int, context_size: int, stream_first: bool) -> dict[str, Any]:
+    """The regex output rail alone, checked over a stream in windows."""
+    return {
+        "models": [],
+        "rails": {
+            "output": {
+                "flows": ["regex check output"],
+                "streaming": {
+                    "enabled": True,
+                    "chunk_size": chunk_size,
+                    "context_size": context_size,
+                    "stream_first": stream_first,
+                },
+            },
+            "config": {"regex_detection": {"output": {"patterns": OUTPUT_PATTERNS}}},
+        },
+    }
+
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "none": {"models": [], "rails": {}},
     "regex": {
@@ -114,6 +185,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    # windows small enough that a 200-chunk stream runs several checks behind it
+    "stream_first": output_streaming(FIRST_CHUNK, FIRST_CONTEXT, stream_first=True),
+    "hold": output_streaming(HOLD_CHUNK, HOLD_CONTEXT, stream_first=False),
 }
 
 _SENTENCES = (
@@ -162,9 +236,15 @@ SMALL_MESSAGE = "Hello! Can you tell me a fun fact about octopuses?"
 SMALL_BODY = chat_body(SMALL_MESSAGE)
 
 
-def stream_body(chunks: int) -> bytes:
-    """A streaming request; the fake upstream reads `x_bench_chunks` (railguard passes it on)."""
-    return chat_body(SMALL_MESSAGE, stream=True, x_bench_chunks=chunks)
+def stream_body(chunks: int, config_id: str | None = None, token_ms: float = 0.0) -> bytes:
+    """A streaming request; the fake upstream reads `x_bench_chunks` and `x_bench_token_ms`
+    (railguard passes them on); `config_id` selects a railguard config."""
+    extra: dict[str, Any] = {"x_bench_chunks": chunks}
+    if token_ms:
+        extra["x_bench_token_ms"] = token_ms
+    if config_id is not None:
+        extra["guardrails"] = {"config_id": config_id}
+    return chat_body(SMALL_MESSAGE, stream=True, **extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +260,16 @@ class Plan:
     regex_samples: int
     engine_iterations: int
     stream_samples: int
+    first_token_samples: int
+    paced_first_samples: int
+    paced_streams: int  # per target, for the hold-back per window
+    memory_warmup: int
+    memory_streams: int
+    concurrent_rounds: int
     stream_chunks: int = 200
     short_chunks: int = 20
+    first_token_chunks: int = 10
+    concurrent_streams: int = 200
 
 
 FULL = Plan(
@@ -194,6 +282,12 @@ FULL = Plan(
     regex_samples=6000,
     engine_iterations=6000,
     stream_samples=400,
+    first_token_samples=1000,
+    paced_first_samples=150,
+    paced_streams=12,
+    memory_warmup=300,
+    memory_streams=1000,
+    concurrent_rounds=5,
 )
 QUICK = Plan(
     latency_samples=2000,
@@ -205,6 +299,12 @@ QUICK = Plan(
     regex_samples=1500,
     engine_iterations=1500,
     stream_samples=80,
+    first_token_samples=300,
+    paced_first_samples=50,
+    paced_streams=4,
+    memory_warmup=200,
+    memory_streams=1000,
+    concurrent_rounds=3,
 )
 
 
@@ -313,7 +413,7 @@ def no_gc() -> Iterator[None]:
 
 
 def alternate(
-    targets: Sequence[tuple[RawClient, bytes, bytes]], total: int, block: int
+    targets: Sequence[tuple[RawClient, bytes, Check]], total: int, block: int
 ) -> list[list[float]]:
     """`total` sequential samples per target, in alternating blocks so drift hits all alike."""
     samples: list[list[float]] = [[] for _ in targets]
@@ -330,7 +430,7 @@ def alternate(
     return samples
 
 
-def warm(targets: Sequence[tuple[RawClient, bytes, bytes]], count: int) -> None:
+def warm(targets: Sequence[tuple[RawClient, bytes, Check]], count: int) -> None:
     for client, request, check in targets:
         timed(client, request, count, check)
 
@@ -377,6 +477,14 @@ def us(seconds: float) -> str:
 
 def signed(seconds: float, unit: Callable[[float], str] = ms) -> str:
     return ("+" if seconds >= 0 else "-") + unit(abs(seconds))
+
+
+def mb(size: float) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def signed_mb(size: float) -> str:
+    return ("+" if size >= 0 else "-") + mb(abs(size))
 
 
 def print_table(results: Results) -> None:
@@ -429,6 +537,7 @@ class Bench:
         self.load_cpu: int | None = cpus[1] if self.pinned else None
         self.upstream_port = 0
         self.proxy_port = 0
+        self.proxy_pid = 0
 
     def log(self, message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
@@ -471,6 +580,7 @@ class Bench:
             ],
             self.proxy_cpu,
         )
+        self.proxy_pid = proxy.pid  # taskset execs railguard: same process
         health = f"GET /health HTTP/1.1\r\nHost: {HOST}:{self.proxy_port}\r\n\r\n".encode()
         wait_ready(self.procs, "railguard", proxy, self.proxy_port, health)
         self.verify()
@@ -516,17 +626,30 @@ class Bench:
                     )
             chunks = self.plan.stream_chunks
             body = stream_body(chunks)
-            for name, client, request in (
-                ("upstream", up, self.direct(body)),
-                ("railguard", rg, self.proxied(body)),
+            # railguard adds one chunk carrying `guardrails` before [DONE]
+            for name, client, request, want in (
+                ("upstream", up, self.direct(body), chunks + 1),
+                ("railguard", rg, self.proxied(body), chunks + 2),
             ):
                 got = client.send(request)
                 events = got.body.count(b"data: ")
-                if got.status != 200 or events != chunks + 1 or b"[DONE]" not in got.body:
+                check_stream(name, got.status, got.body, railguard=client is rg)
+                if events != want:
                     raise BenchError(
-                        f"{name} streamed {events} events (want {chunks} + [DONE]), "
-                        f"status {got.status}: {got.body[:300]!r}"
+                        f"{name} streamed {events} events (want {want}, [DONE] included): "
+                        f"{got.body[:300]!r}"
                     )
+            # the output rails must never block the fake upstream's answer: a block would end
+            # the streams early (every stream is checked again as it is measured)
+            text = stream_text(chunks)
+            for pattern in OUTPUT_PATTERNS:
+                if re.search(pattern, text):
+                    raise BenchError(f"the fake upstream's answer matches {pattern!r}")
+            for config_id in ("stream_first", "hold"):
+                got = rg.send(self.proxied(stream_body(chunks, config_id)))
+                check_stream(f"config {config_id!r}", got.status, got.body, railguard=True)
+                if f'"config_id":"{config_id}"'.encode() not in got.body:
+                    raise BenchError(f"config {config_id!r} was not used: {got.body[-300:]!r}")
 
     # a. latency at concurrency 1
 
@@ -682,7 +805,7 @@ class Bench:
                 RawClient(HOST, self.upstream_port) as up,
                 RawClient(HOST, self.proxy_port) as rg,
             ):
-                targets = [(up, self.direct(body), b"[DONE]"), (rg, self.proxied(body), b"[DONE]")]
+                targets = [(up, self.direct(body), completed), (rg, self.proxied(body), completed)]
                 warm(targets, max(10, samples // 10))
                 direct, proxied = alternate(targets, samples, max(10, samples // 8))
             added[chunks] = {"direct": summary(direct), "railguard": summary(proxied)}
@@ -713,6 +836,274 @@ class Bench:
         )
         self.results.figures["streaming"]["per_chunk_s"] = per_chunk
         self.results.figures["streaming"]["marginal_per_chunk_s"] = slope
+
+    # e. streaming output rails
+
+    def stream_rails(self) -> None:
+        self.first_token()
+        self.chunk_overhead()
+        self.holdback()
+        self.memory()
+
+    def stream_targets(
+        self, names: Sequence[str], chunks: int, token_ms: float, samples: int
+    ) -> dict[str, list[StreamTiming]]:
+        """`samples` streams per target ("direct", or a railguard config id), alternating
+        in blocks after a warm-up; each one timed to its first content and to its end."""
+        ports = {"direct": self.upstream_port}
+        clients = [RawClient(HOST, ports.get(name, self.proxy_port)) for name in names]
+        try:
+            targets = [
+                (name, client, self.direct(stream_body(chunks, token_ms=token_ms)), False)
+                if name == "direct"
+                else (name, client, self.proxied(stream_body(chunks, name, token_ms)), True)
+                for name, client in zip(names, clients, strict=True)
+            ]
+            with no_gc():
+                alternate_streams(targets, max(10, samples // 10), samples)
+                timings = alternate_streams(targets, samples, max(10, samples // 8))
+        finally:
+            for client in clients:
+                client.close()
+        return dict(zip(names, timings, strict=True))
+
+    def first_token(self) -> None:
+        """Time to the first content event: on short streams read back to back (the target
+        rows), and on streams paced at TOKEN_MS per token (context).
+
+        Short, because on a long unpaced stream the upstream keeps the CPU the client
+        shares with it busy, and the client often reads railguard's first event only once
+        the upstream has written its whole stream (those figures are in the JSON as
+        `first_token_unpaced`). Back to back, because a paced stream leaves both CPUs idle
+        between tokens, and on this VM code that ran after a few idle milliseconds runs
+        with cold caches: the paced rows show that case."""
+        plan = self.plan
+        short, paced = plan.short_chunks, plan.first_token_chunks
+        self.log(
+            f"e. streaming output rails: first token, {short} chunks back to back "
+            f"({plan.first_token_samples} streams per target) and {paced} chunks at "
+            f"{TOKEN_MS:g} ms/token ({plan.paced_first_samples})"
+        )
+        names = ("direct", "none", "stream_first")
+        runs = {
+            "back_to_back": self.stream_targets(names, short, 0.0, plan.first_token_samples),
+            "paced": self.stream_targets(names, paced, TOKEN_MS, plan.paced_first_samples),
+        }
+        first = {
+            run: {name: summary([t.first for t in ts]) for name, ts in by_name.items()}
+            for run, by_name in runs.items()
+        }
+        self.results.figures["stream_first_token"] = {
+            "back_to_back": {"chunks": short, **first["back_to_back"]},
+            "paced": {"chunks": paced, "token_ms": TOKEN_MS, **first["paced"]},
+        }
+        d = first["back_to_back"]["direct"]
+        for name in names[1:]:
+            f = first["back_to_back"][name]
+            added50 = f["p50"] - d["p50"]
+            label = f"first token, cfg {name}, {short} chunks"
+            self.results.add(
+                f"{label}, p50",
+                ms(d["p50"]),
+                ms(f["p50"]),
+                signed(added50),
+                "added ≤ 1 ms",
+                added50 <= TARGET_TTFT,
+            )
+            self.results.add(
+                f"{label}, p99", ms(d["p99"]), ms(f["p99"]), signed(f["p99"] - d["p99"])
+            )
+        d = first["paced"]["direct"]
+        for name in names[1:]:
+            f = first["paced"][name]
+            self.results.add(
+                f"first token, cfg {name}, {paced} chunks at {TOKEN_MS:g} ms/token, p50",
+                ms(d["p50"]),
+                ms(f["p50"]),
+                signed(f["p50"] - d["p50"]),
+            )
+
+    def chunk_overhead(self) -> None:
+        """Time to [DONE] of unpaced streams, as in phase d, through the output-rails configs."""
+        plan = self.plan
+        chunks, samples = plan.stream_chunks, plan.stream_samples
+        self.log(f"e. streaming output rails: {chunks} chunks to [DONE], {samples} streams each")
+        names = ("direct", "none", "stream_first", "hold")
+        by_name = self.stream_targets(names, chunks, 0.0, samples)
+        first = {name: summary([t.first for t in ts]) for name, ts in by_name.items()}
+        done = {name: summary([t.done for t in ts]) for name, ts in by_name.items()}
+        per_chunk = {name: (done[name]["p50"] - done["direct"]["p50"]) / chunks for name in names}
+        self.results.figures["stream_rails"] = {
+            "chunks": chunks,
+            "done": done,
+            "first_token_unpaced": first,
+            "per_chunk_s": {name: per_chunk[name] for name in names[1:]},
+        }
+        labels = {
+            "stream_first": f"cfg stream_first (regex, {FIRST_CHUNK}/{FIRST_CONTEXT})",
+            "hold": f"cfg hold (regex, {HOLD_CHUNK}/{HOLD_CONTEXT}, held)",
+        }
+        for name, label in labels.items():
+            self.results.add(
+                f"stream {chunks} chunks to [DONE], {label}, p50",
+                ms(done["direct"]["p50"]),
+                ms(done[name]["p50"]),
+                signed(done[name]["p50"] - done["direct"]["p50"]),
+            )
+            self.results.add(
+                f"per-chunk overhead, {label}",
+                "",
+                "",
+                signed(per_chunk[name], us) + " / chunk",
+                "≤ 50 µs / chunk" if name == "stream_first" else "",
+                per_chunk[name] <= TARGET_CHUNK if name == "stream_first" else None,
+            )
+
+    def holdback(self) -> None:
+        """Mean hold-back per window (railguard's histogram) against the windows' fill time
+        on the same paced stream read straight from the upstream."""
+        plan = self.plan
+        chunks, count = plan.stream_chunks, plan.paced_streams
+        spans = window_spans(stream_tokens(chunks), HOLD_CHUNK, HOLD_CONTEXT)
+        self.log(
+            f"e. hold-back: {chunks} chunks at {TOKEN_MS:g} ms/token, {len(spans)} windows, "
+            f"{count} streams per target"
+        )
+        direct_request = self.direct(stream_body(chunks, token_ms=TOKEN_MS))
+        proxied_request = self.proxied(stream_body(chunks, "hold", TOKEN_MS))
+        with (
+            RawClient(HOST, self.upstream_port) as up,
+            RawClient(HOST, self.proxy_port) as rg,
+            RawClient(HOST, self.proxy_port) as scrape,
+        ):
+            check_stream("hold (warm-up)", *_sent(rg, proxied_request), railguard=True)
+            before = holdback_metric(scrape)
+            direct: list[StreamTiming] = []
+            held: list[StreamTiming] = []
+            for _ in range(count):
+                direct.append(up.stream(direct_request, every=True))
+                held.append(rg.stream(proxied_request))
+            after = holdback_metric(scrape)
+        for timing in direct:
+            check_stream("direct (paced)", timing.response.status, timing.response.body, False)
+        for timing in held:
+            check_stream("hold (paced)", timing.response.status, timing.response.body, True)
+        releases = after[1] - before[1]
+        if releases != count * len(spans):
+            self.log(
+                f"warning: {releases} hold-back observations for {count} streams of "
+                f"{len(spans)} windows each"
+            )
+        holdback = (after[0] - before[0]) / releases if releases else math.nan
+        fill = mean_fill(direct, spans)
+        nominal = statistics.fmean(
+            ((last if last is not None else stream_tokens(chunks) + 1) - first) * TOKEN_MS / 1e3
+            for first, last in spans
+        )
+        first_direct = summary([t.first for t in direct])
+        first_held = summary([t.first for t in held])
+        self.results.figures["stream_holdback"] = {
+            "token_ms": TOKEN_MS,
+            "windows_per_stream": len(spans),
+            "observations": releases,
+            "holdback_mean_s": holdback,
+            "fill_mean_s": fill,
+            "fill_nominal_s": nominal,
+            "first_token": {"direct": first_direct, "hold": first_held},
+        }
+        added = holdback - fill
+        self.results.add(
+            f"hold-back per window, cfg hold, {TOKEN_MS:g} ms/token (direct: fill time)",
+            f"{ms(fill)}; nominal {nominal * 1e3:g}",
+            ms(holdback),
+            signed(added),
+            "hold-back - fill ≤ 1 ms",
+            added <= TARGET_HOLDBACK,
+        )
+        self.results.add(
+            f"first token, cfg hold, {TOKEN_MS:g} ms/token, p50 (first window fills)",
+            ms(first_direct["p50"]),
+            ms(first_held["p50"]),
+            signed(first_held["p50"] - first_direct["p50"]),
+        )
+
+    def memory(self) -> None:
+        """railguard's resident memory over many streams with events held back."""
+        plan = self.plan
+        chunks = plan.stream_chunks
+        request = self.proxied(stream_body(chunks, "hold"))
+        self.log(
+            f"e. memory: {plan.memory_warmup} + {plan.memory_streams} sequential streams, then "
+            f"{plan.concurrent_rounds} x {plan.concurrent_streams} concurrent (cfg hold)"
+        )
+        with RawClient(HOST, self.proxy_port) as rg:
+            for _ in range(plan.memory_warmup):
+                check_stream("hold (memory)", *_sent(rg, request), railguard=True)
+            start = rss_bytes(self.proxy_pid)
+            for _ in range(plan.memory_streams):
+                check_stream("hold (memory)", *_sent(rg, request), railguard=True)
+            end = rss_bytes(self.proxy_pid)
+        concurrent = self.proxied_close(stream_body(chunks, "hold"))
+        rounds = []
+        for _ in range(plan.concurrent_rounds):
+            concurrent_streams(
+                HOST, self.proxy_port, concurrent, plan.concurrent_streams, "hold (concurrent)"
+            )
+            time.sleep(0.2)  # closed connections are cleaned up
+            rounds.append(rss_bytes(self.proxy_pid))
+        self.results.figures["stream_memory"] = {
+            "sequential": {"streams": plan.memory_streams, "rss_before": start, "rss_after": end},
+            "concurrent": {"streams": plan.concurrent_streams, "rss_per_round": rounds},
+        }
+        growth = end - start
+        self.results.add(
+            f"RSS over {plan.memory_streams:,} sequential streams, cfg hold",
+            "",
+            f"{mb(start)} → {mb(end)}",
+            signed_mb(growth),
+            "growth ≤ 5 MB",
+            growth <= TARGET_RSS_GROWTH,
+        )
+        base = rounds[1] if len(rounds) > 2 else rounds[0]
+        growth = rounds[-1] - base
+        self.results.add(
+            f"RSS after each round of {plan.concurrent_streams} concurrent streams, cfg hold",
+            "",
+            " → ".join(f"{r / 2**20:.1f}" for r in rounds) + " MB",
+            signed_mb(growth) + f" (round {rounds.index(base) + 1} → {len(rounds)})",
+            "growth ≤ 5 MB",
+            growth <= TARGET_RSS_GROWTH,
+        )
+
+    def proxied_close(self, body: bytes) -> bytes:
+        return build_request(HOST, self.proxy_port, CHAT_PATH, body, close=True)
+
+
+def _sent(client: RawClient, request: bytes) -> tuple[int, bytes]:
+    response = client.send(request)
+    return response.status, response.body
+
+
+def alternate_streams(
+    targets: Sequence[tuple[str, RawClient, bytes, bool]], total: int, block: int
+) -> list[list[StreamTiming]]:
+    """Like `alternate`, for streams: each one timed to its first content and to its end,
+    and checked to have completed (railguard: the last flag)."""
+    samples: list[list[StreamTiming]] = [[] for _ in targets]
+    order = list(range(len(targets)))
+    done = 0
+    while done < total:
+        size = min(block, total - done)
+        for index in order:
+            name, client, request, railguard = targets[index]
+            for _ in range(size):
+                timing = client.stream(request)
+                response = timing.response
+                check_stream(name, response.status, response.body, railguard)
+                samples[index].append(timing)
+        order.reverse()
+        done += size
+    return samples
 
 
 def engine_cost(message: str, iterations: int) -> dict[str, dict[str, float]]:
@@ -800,6 +1191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("b. throughput", bench.throughput),
                 ("c. regex", bench.regex),
                 ("d. streaming", bench.streaming),
+                ("e. stream rails", bench.stream_rails),
             )
             for name, measure in phases:
                 with bench.watch.phase(name):
