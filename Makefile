@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint system-packages bench precision clean
 
 install: $(STAMP)
 
@@ -20,11 +20,24 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: lint
+# Debian packages the tests use: Chromium (the chat page's browser tests) and redis-server
+# (the thread store's tests start their own). Installed when missing (root, as in CI).
+SYSTEM_PACKAGES := chromium redis-server
+system-packages:
+	@missing=""; for cmd in $(SYSTEM_PACKAGES); do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+test: lint system-packages
 	$(VENV)/bin/pytest
 
 bench: install
 	$(PY) bench/run.py
+	$(PY) bench/rails_perf.py
+	$(PY) bench/threads.py
+
+precision: install
+	$(PY) bench/precision_recall.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,11 @@ the benchmark measures railguard, not its stand-in:
   on a fixed schedule from the first (so timer jitter does not add up);
 * ``GET /v1/models`` answers one model; anything else is a 404.
 
+``--model NAME MS ANSWER`` (repeatable) adds a slow model, for the rails benchmark: a
+non-streaming request whose ``model`` is NAME is answered after MS milliseconds, with
+ANSWER as the content (a check model's ``no`` or ``safe``, or a main model's answer).
+Other requests are answered as above, at once; without ``--model`` bodies aren't parsed.
+
 Keep-alive is the default, ``Connection: close`` is honoured. Run it on its own:
 
     python bench/fake_llm.py --port 18000
@@ -122,6 +127,29 @@ FINAL_FRAME = _frame(
 )
 STREAM_END = _frame(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
+# model name -> (seconds before answering, the prebuilt response), from `--model`
+SLOW_MODELS: dict[str, tuple[float, bytes]] = {}
+
+
+def slow_completion(model: str, answer: str) -> bytes:
+    """The response a slow model gives: COMPLETION with its own name and answer."""
+    data = orjson.loads(COMPLETION)
+    data["model"] = model
+    data["choices"][0]["message"]["content"] = answer
+    return _response("200 OK", orjson.dumps(data))
+
+
+def slow_plan(body: bytes) -> tuple[float, bytes] | None:
+    """(delay, response) when the request names a slow model, else None."""
+    if not SLOW_MODELS:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return SLOW_MODELS.get(model) if isinstance(model, str) else None
+
 
 def stream_plan(body: bytes) -> tuple[int, float] | None:
     """(chunks, seconds between events) when the request asks for a stream, else None.
@@ -151,7 +179,7 @@ class FakeLLM(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
-        self.streaming = False
+        self.streaming = False  # a stream (or a slow model's answer) is under way
         self.close_after = False
         self.can_write = asyncio.Event()
         self.can_write.set()
@@ -210,6 +238,11 @@ class FakeLLM(asyncio.Protocol):
                 self.streaming = True
                 asyncio.get_running_loop().create_task(self._stream(*plan))
                 return
+            slow = slow_plan(body)
+            if slow is not None:
+                self.streaming = True
+                asyncio.get_running_loop().create_task(self._slow(*slow))
+                return
             self.transport.write(COMPLETION_RESPONSE)
         elif line.startswith(b"get /v1/models "):
             self.transport.write(MODELS_RESPONSE)
@@ -244,6 +277,19 @@ class FakeLLM(asyncio.Protocol):
         if self.buf:
             self._process()
 
+    async def _slow(self, delay: float, response: bytes) -> None:
+        try:
+            await asyncio.sleep(delay)
+            if self.transport is None:
+                return
+            self.transport.write(response)
+            if self.close_after:
+                self.transport.close()
+        finally:
+            self.streaming = False
+        if self.buf:
+            self._process()
+
 
 async def _next_token(loop: asyncio.AbstractEventLoop, start: float, n: int, pace: float) -> None:
     """Wait for the `n`th event: yield once when unpaced, else until `start + n * pace`."""
@@ -268,7 +314,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--model",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "MS", "ANSWER"),
+        help="answer requests for model NAME after MS milliseconds with ANSWER (repeatable)",
+    )
     args = parser.parse_args()
+    for name, delay_ms, answer in args.model:
+        SLOW_MODELS[name] = (float(delay_ms) / 1e3, slow_completion(name, answer))
     uvloop.run(serve(args.host, args.port))
 
 

@@ -10,6 +10,8 @@ from metrics.registry import (
     REQUESTS,
     STREAM_HOLDBACK,
     STREAM_TERMINATIONS,
+    THREAD_STORE_DURATION,
+    THREAD_STORE_ERRORS,
     UPSTREAM_DURATION,
 )
 
@@ -22,6 +24,8 @@ __all__ = [
     "REQUEST_DURATION",
     "STREAM_HOLDBACK",
     "STREAM_TERMINATIONS",
+    "THREAD_STORE_DURATION",
+    "THREAD_STORE_ERRORS",
     "UPSTREAM_DURATION",
     "Children",
     "ModelLabels",

@@ -77,3 +77,17 @@ STREAM_TERMINATIONS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+THREAD_STORE_ERRORS = Counter(
+    "railguard_thread_store_errors",
+    "Thread store operations that failed, so the request got a 503: by store (memory, redis), "
+    "operation (load, append) and reason (timeout, unavailable, error).",
+    ["store", "operation", "reason"],
+    registry=REGISTRY,
+)
+THREAD_STORE_DURATION = Histogram(
+    "railguard_thread_store_duration_seconds",
+    "Time one thread store operation took (load before the rails, append after the answer).",
+    ["store", "operation"],
+    buckets=RAIL_BUCKETS,
+    registry=REGISTRY,
+)

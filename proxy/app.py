@@ -7,12 +7,14 @@ from aiohttp.typedefs import Middleware
 
 from metrics import ModelLabels
 from proxy.chat import ChatCompletions
+from proxy.chat_ui import ChatPage
 from proxy.configs import ConfigStore
 from proxy.cors import cors_middleware
 from proxy.endpoints import Endpoints, health
 from proxy.errors import error_middleware
 from proxy.settings import Settings
 from proxy.streaming import StreamLimits
+from proxy.threads import build_conversations
 from rails.check_cache import CheckCache
 from rails.config import ConfigRoot
 from upstream import Router, Upstream, UpstreamPool, load_upstreams_file
@@ -56,7 +58,8 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     limits = StreamLimits(settings.stream_max_event_bytes, settings.stream_max_holdback_bytes)
     cache = CheckCache(settings.check_cache_size, settings.check_cache_ttl)
     models = ModelLabels(known_models(store, router))
-    chat = ChatCompletions(store, router, pool, models, limits, cache)
+    conversations = build_conversations(settings)
+    chat = ChatCompletions(store, router, pool, models, limits, cache, conversations)
     endpoints = Endpoints(store, router, pool, cache)
     p = settings.normalized_prefix
     app.router.add_post(f"{p}/v1/chat/completions", chat.handle)
@@ -67,10 +70,22 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     app.router.add_get(f"{p}/health", health)
     app.router.add_get(f"{p}/ready", endpoints.ready)
     app.router.add_get(f"{p}/metrics", endpoints.metrics)
-    app.router.add_get(f"{p}/" if p else "/", health)
+    if settings.disable_chat_ui:
+        app.router.add_get(f"{p}/", health)
+    else:
+        ChatPage().add_routes(app, p)
 
     async def close_pool(app: web.Application) -> None:
         await pool.close()
 
     app.on_cleanup.append(close_pool)
+
+    async def threads_up(app: web.Application) -> None:
+        await conversations.start()
+
+    async def threads_down(app: web.Application) -> None:
+        await conversations.close()
+
+    app.on_startup.append(threads_up)
+    app.on_cleanup.append(threads_down)
     return app

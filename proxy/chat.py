@@ -26,6 +26,13 @@ from proxy.envelope import envelope
 from proxy.errors import JSON, ApiError, invalid
 from proxy.request import ParsedChat, parse_chat
 from proxy.streaming import SSE_HEADERS, StreamLimits, StreamRelay
+from proxy.threads import (
+    Conversation,
+    Conversations,
+    StateCodec,
+    ThreadStoreUnavailable,
+    completion_answer,
+)
 from rails.check_cache import CheckCache
 from rails.guardrails import Guardrails
 from rails.model_caller import ModelCaller
@@ -67,6 +74,8 @@ def start_turn(
         options=chat.options,
         context=chat.guardrails.context,
         caller=caller,
+        tools=chat.body.get("tools"),
+        tool_choice=chat.body.get("tool_choice"),
     )
 
 
@@ -96,8 +105,10 @@ class ChatCompletions:
         model_labels: ModelLabels,
         limits: StreamLimits,
         cache: CheckCache | None = None,
+        conversations: Conversations | None = None,
     ) -> None:
         self.store = store
+        self.conversations = conversations or Conversations(None, StateCodec(None))
         self.limits = limits
         self.cache = cache
         self.router = router
@@ -118,6 +129,9 @@ class ChatCompletions:
         }
         try:
             return await self._handle(request, labels)
+        except ThreadStoreUnavailable:
+            labels["outcome"] = "thread_store_error"
+            raise
         finally:
             IN_FLIGHT.dec()
             self._requests(
@@ -129,22 +143,11 @@ class ChatCompletions:
         raw = await request.read()
         chat = parse_chat(raw)
         labels["stream"] = "true" if chat.stream else "false"
-        if chat.guardrails.thread_id is not None:
-            raise invalid(
-                "Conversation threads are not enabled on this server.",
-                param="thread_id",
-                code="threads_disabled",
-            )
-        if chat.guardrails.state:
-            raise invalid(
-                "State continuation is not supported by this server yet; send the whole "
-                "conversation in `messages`.",
-                param="state",
-                code="state_unsupported",
-            )
         guardrails = self.store.resolve(chat.guardrails.config_id, chat.guardrails.config_ids)
         labels["config_id"] = guardrails.id
         labels["model"] = self.model_labels(chat.model)
+        # A thread or state puts its history in front of the request's messages.
+        conversation = await self.conversations.open(chat, guardrails.id)
         turn = start_turn(request, chat, guardrails, self.pool, self.router, self.cache)
 
         upstream: Upstream | None = None
@@ -165,18 +168,20 @@ class ChatCompletions:
             if early is not None:
                 await early.cancel()
             labels["outcome"] = "blocked_input"
-            return await self._answer(request, chat, turn, guardrails, guardrails.refusal)
+            state = conversation.unchanged() if conversation else None
+            return await self._answer(request, chat, turn, guardrails, guardrails.refusal, state)
         if upstream is None:
             answer = await turn.answer_without_model()
             labels["outcome"] = outcome(turn)
-            return await self._answer(request, chat, turn, guardrails, answer)
+            state = conversation.unchanged() if conversation else None
+            return await self._answer(request, chat, turn, guardrails, answer, state)
 
         labels["outcome"] = "upstream_error"
         if early is None:
             body = orjson.dumps(chat.body) if chat.body_changed or turn.modified else raw
             early = EarlyCall(self.pool, upstream, body, request, chat.stream, self.limits)
         if chat.stream:
-            return await self._stream(request, turn, upstream, early, labels)
+            return await self._stream(request, turn, upstream, early, labels, conversation)
         try:
             result = await early.chat()
         except UpstreamError as exc:
@@ -187,7 +192,10 @@ class ChatCompletions:
         data = result.data
         await self._check_choices(turn, data, result.elapsed)
         labels["outcome"] = outcome(turn)
-        data["guardrails"] = envelope(turn, guardrails, data)
+        state = None
+        if conversation is not None:
+            state = await conversation.record(turn, completion_answer(data, turn))
+        data["guardrails"] = envelope(turn, guardrails, data, state)
         return web.Response(body=orjson.dumps(data), content_type=JSON)
 
     def _route(self, model: str, guardrails: Guardrails) -> Upstream:
@@ -198,7 +206,8 @@ class ChatCompletions:
             raise invalid(str(exc), param="model", code="model_not_routed") from exc
 
     async def _check_choices(self, turn: Turn, data: dict[str, Any], elapsed: float) -> None:
-        """Output rails on every choice's text; a block or rewrite patches that choice."""
+        """Tool-output rails on every choice's tool calls, output rails on its text; a block
+        or rewrite patches that choice."""
         choices = data.get("choices")
         if not isinstance(choices, list):
             return
@@ -207,10 +216,22 @@ class ChatCompletions:
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
         turn.record_main_call(str(data.get("model", "")), elapsed, texts[0] if texts else "", usage)
         turn.bot_text = texts[0] if texts else None
-        if not turn.output_rails_selected():
+        tools = turn.tool_output_rails_selected()
+        output = turn.output_rails_selected()
+        if not output and not tools:
             return
         for choice, message, text in zip(choices, messages, texts, strict=True):
-            if not isinstance(message, dict) or not text:
+            if not isinstance(message, dict):
+                continue
+            calls = message.get("tool_calls") if tools else None
+            if calls:
+                result = await turn.check_tool_calls(calls if isinstance(calls, list) else [calls])
+                if result.blocked_by:
+                    message["content"] = turn.guardrails.refusal
+                    message.pop("tool_calls", None)
+                    choice["finish_reason"] = "stop"
+                    continue
+            if not output or not text:
                 continue
             result = await turn.check_output(text)
             if result.blocked_by:
@@ -221,17 +242,23 @@ class ChatCompletions:
                 message["content"] = result.text
 
     async def _answer(
-        self, request: web.Request, chat: ParsedChat, turn: Turn, guardrails: Guardrails, text: str
+        self,
+        request: web.Request,
+        chat: ParsedChat,
+        turn: Turn,
+        guardrails: Guardrails,
+        text: str,
+        state: dict[str, Any] | None = None,
     ) -> web.StreamResponse:
         """An answer railguard gives itself (a refusal, or check mode), as JSON or a stream."""
         if not chat.stream:
             data = completion(chat.model, text)
-            data["guardrails"] = envelope(turn, guardrails, None)
+            data["guardrails"] = envelope(turn, guardrails, None, state)
             return web.Response(body=orjson.dumps(data), content_type=JSON)
         completion_id = new_completion_id()
         created = int(time.time())
         final = chunk(chat.model, completion_id, {}, "stop", created)
-        final["guardrails"] = envelope(turn, guardrails, None)
+        final["guardrails"] = envelope(turn, guardrails, None, state)
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         await response.write(
@@ -253,12 +280,15 @@ class ChatCompletions:
         upstream: Upstream,
         early: EarlyCall,
         labels: dict[str, str],
+        conversation: Conversation | None = None,
     ) -> web.StreamResponse:
         """Wait for the upstream stream to open (a failure before its first byte is a plain
         error response), then relay it through the output rails."""
         stream = await _opened(early)
         response = web.StreamResponse(headers=SSE_HEADERS)
-        relay = StreamRelay(turn, turn.guardrails, stream, self.limits.max_holdback_bytes)
+        relay = StreamRelay(
+            turn, turn.guardrails, stream, self.limits.max_holdback_bytes, conversation
+        )
         try:
             await response.prepare(request)
             end = await relay.run(response)

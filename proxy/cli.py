@@ -77,6 +77,35 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--check-cache-ttl", type=float, default=60.0, help="seconds a cached check answer lives"
     )
+    serve.add_argument(
+        "--thread-store",
+        default=os.environ.get("RAILGUARD_THREAD_STORE", "memory"),
+        help="where conversation threads live: memory (default), none, or redis://host:6379/0",
+    )
+    serve.add_argument(
+        "--thread-ttl",
+        type=float,
+        default=7 * 24 * 3600.0,
+        help="seconds a thread lives after its last turn (default 7 days)",
+    )
+    serve.add_argument(
+        "--thread-max-messages",
+        type=int,
+        default=1000,
+        help="messages kept per thread or state; the oldest go first",
+    )
+    serve.add_argument(
+        "--thread-store-timeout",
+        type=float,
+        default=1.0,
+        help="seconds one Redis call may take before the request answers 503",
+    )
+    serve.add_argument(
+        "--thread-memory-max-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="memory store: message bytes kept in all; least recently used threads go first",
+    )
     serve.add_argument("--log-level", default=os.environ.get("RAILGUARD_LOG_LEVEL", "INFO"))
     demo = commands.add_parser("demo-upstream", help="run the echoing demo upstream (not a model)")
     demo.add_argument("--host", default="127.0.0.1")
@@ -104,6 +133,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         stream_max_holdback_bytes=args.stream_max_holdback_bytes,
         check_cache_size=max(0, args.check_cache_size),
         check_cache_ttl=args.check_cache_ttl,
+        thread_store=args.thread_store,
+        thread_ttl=args.thread_ttl,
+        thread_max_messages=args.thread_max_messages,
+        thread_store_timeout=args.thread_store_timeout,
+        thread_memory_max_bytes=args.thread_memory_max_bytes,
+        redis_password=os.environ.get("RAILGUARD_REDIS_PASSWORD") or None,
+        state_secret=os.environ.get("RAILGUARD_STATE_SECRET") or None,
     )
 
 
@@ -217,6 +253,12 @@ def serve(args: argparse.Namespace) -> int:
         settings.workers,
     )
     if settings.workers > 1:
+        if settings.thread_store.strip() == "memory":
+            log.warning(
+                "--thread-store memory keeps threads per worker, and a thread's requests may "
+                "reach any of the %d workers: use --thread-store redis://... to share them",
+                settings.workers,
+            )
         return _serve_workers(settings, root)
     _run(settings, root, reuse_port=False)
     return 0

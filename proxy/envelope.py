@@ -9,15 +9,19 @@ from rails.turn import Turn
 
 
 def envelope(
-    turn: Turn, guardrails: Guardrails, upstream_data: dict[str, Any] | None
+    turn: Turn,
+    guardrails: Guardrails,
+    upstream_data: dict[str, Any] | None,
+    state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The spec's GuardrailsResponseData: all five keys, null when empty."""
+    """The spec's GuardrailsResponseData: all five keys, null when empty. `state` is set
+    when the request continued one (proxy/threads/state.py)."""
     llm_output = None
     if turn.options.llm_output and upstream_data is not None:
         llm_output = {k: v for k, v in upstream_data.items() if k not in ("choices", "guardrails")}
     return {
         "config_id": guardrails.id,
-        "state": None,
+        "state": state,
         "llm_output": llm_output,
         "output_data": turn.output_data(),
         "log": turn.log(),

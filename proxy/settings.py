@@ -42,6 +42,13 @@ class Settings:
     check_cache_size: int = 1024
     check_cache_ttl: float = 60.0
     combined_config_cache: int = 64
+    thread_store: str = "memory"  # memory | none | redis://... (RAILGUARD_THREAD_STORE)
+    thread_ttl: float = 7 * 24 * 3600.0
+    thread_max_messages: int = 1000
+    thread_store_timeout: float = 1.0
+    thread_memory_max_bytes: int = 256 * 1024 * 1024
+    redis_password: str | None = field(default=None, repr=False)  # RAILGUARD_REDIS_PASSWORD
+    state_secret: str | None = field(default=None, repr=False)  # RAILGUARD_STATE_SECRET
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

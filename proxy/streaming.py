@@ -19,6 +19,8 @@ from aiohttp import web
 
 from metrics import STREAM_TERMINATIONS
 from proxy.envelope import envelope
+from proxy.errors import ApiError
+from proxy.threads import Conversation, stream_answer
 from rails.guardrails import Guardrails
 from rails.streaming import Rewritten, StreamGuard
 from rails.turn import Turn
@@ -28,6 +30,7 @@ from upstream.wire import (
     SSE_CONTENT_TYPE,
     chunk,
     delta_contents,
+    delta_tool_calls,
     error_object,
     event_json,
     is_done,
@@ -69,6 +72,7 @@ def needs_answer(turn: Turn) -> bool:
     options = turn.options
     return (
         turn.output_rails_selected()
+        or turn.tool_output_rails_selected()
         or options.log.wanted
         or bool(options.output_vars)
         or (options.llm_output)
@@ -92,13 +96,15 @@ class StreamRelay:
         guardrails: Guardrails,
         stream: UpstreamStream,
         max_holdback_bytes: int,
+        conversation: Conversation | None = None,
     ) -> None:
         self.turn = turn
         self.guardrails = guardrails
         self.stream = stream
         self.max_holdback_bytes = max_holdback_bytes
+        self.conversation = conversation  # a thread or state records the answer at the end
         self.guard: StreamGuard[bytes] | None = None
-        if needs_answer(turn):
+        if needs_answer(turn) or conversation is not None:
             self.guard = StreamGuard(turn, guardrails.config.streaming, on_block=stream.abort)
         self.meta: dict[str, Any] | None = None  # id, model, created of the upstream's chunks
         self._meta_tried = False
@@ -135,8 +141,17 @@ class StreamRelay:
                 f"Blocked by {rail} rails.", "guardrails_violation", "content_blocked", rail
             )
         upstream_data = self._record(time.perf_counter() - started)
+        state = None
+        if self.conversation is not None and guard is not None:
+            answer = stream_answer(
+                reason, guard.sent_text(), guard.blocked_by, self.guardrails.refusal
+            )
+            try:
+                state = await self.conversation.record(self.turn, answer)
+            except ApiError as exc:  # the answer is out, but the thread could not keep it
+                error = error_object(exc.message, exc.type, exc.code, exc.param)
         last: dict[str, Any] = {"error": error} if error else self._chunk({})
-        last["guardrails"] = envelope(self.turn, self.guardrails, upstream_data)
+        last["guardrails"] = envelope(self.turn, self.guardrails, upstream_data, state)
         await response.write(sse_event(last) + DONE_EVENT)
         _TERMINATIONS[reason].inc()
         return StreamEnd(reason, upstream_data)
@@ -168,7 +183,8 @@ class StreamRelay:
                     self.meta = _meta(data)
                 if isinstance(data.get("usage"), dict):
                     guard.usage = data["usage"]
-            out = await guard.push(event, contents, len(event))
+            calls, finished = delta_tool_calls(data) if guard.checks_tools else ([], [])
+            out = await guard.push(event, contents, len(event), calls, finished)
             if guard.blocked_by:
                 return
             if guard.held_bytes > self.max_holdback_bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 class Stage(StrEnum):
     INPUT = "input"
     OUTPUT = "output"
+    TOOL_INPUT = "tool_input"  # the `tool` messages (tool results) of a request
+    TOOL_OUTPUT = "tool_output"  # the tool calls of an answer
 
 
 class Action(StrEnum):
@@ -36,7 +38,11 @@ ALLOW = Verdict(Action.ALLOW)
 
 @dataclass(slots=True)
 class CheckContext:
-    """What a rail may look at besides the text it checks."""
+    """What a rail may look at besides the text it checks.
+
+    `tools` and `tool_choice` are the request's own fields (the functions the client
+    declared); `tool_calls` are the calls of the answer a tool-output rail checks.
+    """
 
     user_text: str
     bot_text: str | None
@@ -45,6 +51,9 @@ class CheckContext:
     model: str
     caller: ModelCaller | None = None
     llm_calls: list[dict[str, Any]] = field(default_factory=list)
+    tools: Sequence[Any] = ()
+    tool_choice: Any = None
+    tool_calls: Sequence[Any] = ()
 
 
 class Rail(Protocol):

@@ -28,7 +28,7 @@ _RUN_KEYS = frozenset(
     {"models", "rails", "prompts", "lowest_temperature", "passthrough", "railguard"}
 )
 _SILENT_KEYS = frozenset({"streaming"})  # NeMo's on/off switch; clients choose streaming here
-_RUN_RAILS = frozenset({"input", "output", "config"})
+_RUN_RAILS = frozenset({"input", "output", "tool_input", "tool_output", "config"})
 _BASE_URL_KEYS = ("base_url", "openai_api_base", "api_base")
 _FOLDER_EXTRAS = (
     ("kb", "kb/ folder"),
@@ -95,6 +95,8 @@ class RailsConfig:
     models: tuple[ModelSpec, ...]
     input_flows: tuple[str, ...]
     output_flows: tuple[str, ...]
+    tool_input_flows: tuple[str, ...]  # `rails.tool_input.flows`: on the request's tool results
+    tool_output_flows: tuple[str, ...]  # `rails.tool_output.flows`: on the answer's tool calls
     input_parallel: bool
     output_parallel: bool
     speculative_generation: bool  # start the main call while input rails run
@@ -196,6 +198,8 @@ class RailsConfig:
             rails = _mapping(raw.get("rails"), "rails")
             inputs = _mapping(rails.get("input"), "rails.input")
             outputs = _mapping(rails.get("output"), "rails.output")
+            tool_inputs = _mapping(rails.get("tool_input"), "rails.tool_input")
+            tool_outputs = _mapping(rails.get("tool_output"), "rails.tool_output")
             return cls(
                 raw=raw,
                 source=source,
@@ -203,6 +207,8 @@ class RailsConfig:
                 models=_parse_models(raw.get("models")),
                 input_flows=_strings(inputs.get("flows"), "rails.input.flows"),
                 output_flows=_strings(outputs.get("flows"), "rails.output.flows"),
+                tool_input_flows=_strings(tool_inputs.get("flows"), "rails.tool_input.flows"),
+                tool_output_flows=_strings(tool_outputs.get("flows"), "rails.tool_output.flows"),
                 input_parallel=_bool(inputs.get("parallel"), "rails.input.parallel", False),
                 output_parallel=_bool(outputs.get("parallel"), "rails.output.parallel", False),
                 speculative_generation=_bool(

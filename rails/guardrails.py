@@ -141,9 +141,19 @@ class Guardrails:
         self.targets: dict[str, ModelTarget] = model_targets(config)
         self.input = self._compile(Stage.INPUT, config.input_flows)
         self.output = self._compile(Stage.OUTPUT, config.output_flows)
-        self.parallel = {Stage.INPUT: config.input_parallel, Stage.OUTPUT: config.output_parallel}
+        self.tool_input = self._compile(Stage.TOOL_INPUT, config.tool_input_flows)
+        self.tool_output = self._compile(Stage.TOOL_OUTPUT, config.tool_output_flows)
+        self.parallel = {
+            Stage.INPUT: config.input_parallel,
+            Stage.OUTPUT: config.output_parallel,
+            Stage.TOOL_INPUT: False,
+            Stage.TOOL_OUTPUT: False,
+        }
         self.stage_timeout = _stage_timeout(config)
-        self.uses_model = any(r.rail.uses_model for r in (*self.input, *self.output))
+        self.uses_model = any(
+            r.rail.uses_model
+            for r in (*self.input, *self.output, *self.tool_input, *self.tool_output)
+        )
 
     def _compile(self, stage: Stage, flows: Sequence[str]) -> list[RailRunner]:
         runners = []
@@ -153,9 +163,17 @@ class Guardrails:
             runners.append(RailRunner(rail, timeout, fail_open, self.id))
         return runners
 
+    def runners(self, stage: Stage) -> list[RailRunner]:
+        """All of a stage's rails, in config order."""
+        if stage is Stage.INPUT:
+            return self.input
+        if stage is Stage.OUTPUT:
+            return self.output
+        return self.tool_input if stage is Stage.TOOL_INPUT else self.tool_output
+
     def selected(self, stage: Stage, selection: Selection) -> list[RailRunner]:
         """The rails `options.rails.<stage>` asks for: all, none, or the named ones."""
-        runners = self.input if stage is Stage.INPUT else self.output
+        runners = self.runners(stage)
         if selection is None or selection is True:
             return runners
         if selection is False:

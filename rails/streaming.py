@@ -24,6 +24,7 @@ from metrics import STREAM_HOLDBACK
 from rails.base import Stage
 from rails.config import StreamingSettings
 from rails.turn import Turn
+from upstream.wire import ToolCallAssembler
 
 T = TypeVar("T")
 
@@ -88,6 +89,7 @@ class _Held(Generic[T]):
     through: dict[int, int]  # choice -> tokens up to and including this item
     size: int
     at: float
+    tools: frozenset[int] = frozenset()  # choices whose tool-call deltas this item carries
 
 
 class StreamGuard(Generic[T]):
@@ -101,6 +103,11 @@ class StreamGuard(Generic[T]):
     - streaming disabled in the config, or a rail that rewrites: the whole answer is held
       and checked once, since text already sent can't be taken back.
     With no output rails selected it only records the answer (for the log and threads).
+
+    With tool-output rails selected, an item carrying a tool-call delta is held, with all
+    that follows it, until its choice's calls are complete (the choice's finish, or the
+    end of the stream) and have passed them, whatever the mode: text already sent is fine,
+    but a tool call can't be taken back.
     """
 
     def __init__(
@@ -126,6 +133,8 @@ class StreamGuard(Generic[T]):
         self._worker: asyncio.Task[None] | None = None
         self.blocked_by: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.checks_tools = turn.tool_output_rails_selected()
+        self._tool_calls: dict[int, ToolCallAssembler] = {}  # choice -> calls not checked yet
 
     def _cutter(self, choice: int) -> WindowCutter:
         cutter = self._cutters.get(choice)
@@ -136,8 +145,16 @@ class StreamGuard(Generic[T]):
             self._sent[choice] = 0
         return cutter
 
-    async def push(self, item: T, contents: Sequence[tuple[int, str]], size: int = 0) -> list[T]:
-        """Take one item and the (choice, text) tokens it carries; return what may go out now.
+    async def push(
+        self,
+        item: T,
+        contents: Sequence[tuple[int, str]],
+        size: int = 0,
+        tool_calls: Sequence[tuple[int, Any]] = (),
+        finished: Sequence[int] = (),
+    ) -> list[T]:
+        """Take one item, the (choice, text) tokens it carries, its (choice, tool-call
+        delta) pairs and the choices it finishes; return what may go out now.
 
         Returns nothing once a rail blocked: check `blocked_by`.
         """
@@ -148,19 +165,31 @@ class StreamGuard(Generic[T]):
             window = self._cutter(choice).add(token)
             if window is not None:
                 windows.append(window)
-        if not self.holds:
+        tools: frozenset[int] = frozenset()
+        if tool_calls and self.checks_tools:
+            for choice, delta in tool_calls:
+                self._tool_calls.setdefault(choice, ToolCallAssembler()).add(delta)
+            tools = frozenset(choice for choice, _ in tool_calls)
+        if not self.holds and not tools and not self._held:
             for window in windows:
                 self._schedule(window)
             for choice, _ in contents:
                 self._sent[choice] += 1
             return [] if self.blocked_by else [item]
+        if not self.holds:  # held only behind a tool call: checks still run behind
+            for window in windows:
+                self._schedule(window)
         through = {choice: len(self._cutters[choice].tokens) for choice, _ in contents}
-        self._held.append(_Held(item, through, size, time.perf_counter()))
+        self._held.append(_Held(item, through, size, time.perf_counter(), tools))
         self.held_bytes += size
-        for window in windows:
-            if not await self._check(window):
+        if self.holds:
+            for window in windows:
+                if not await self._check(window):
+                    return []
+        for choice in finished:
+            if choice in self._tool_calls and not await self._check_tools(choice):
                 return []
-        return self._release()
+        return self._release() if not self.blocked_by else []
 
     async def finish(self) -> list[T | Rewritten]:
         """At the end of the stream: wait for checks behind, check what no window covered,
@@ -171,6 +200,9 @@ class StreamGuard(Generic[T]):
             window = cutter.tail() if not self.blocked_by else None
             if window is not None:
                 await self._check(window)
+        for choice in sorted(self._tool_calls):
+            if self.blocked_by or not await self._check_tools(choice):
+                break
         if self.blocked_by:
             return []
         if self._rewrites:
@@ -223,6 +255,17 @@ class StreamGuard(Generic[T]):
             self._rewrites[window.choice] = result.text
         return True
 
+    async def _check_tools(self, choice: int) -> bool:
+        """The tool-output rails on one choice's assembled tool calls."""
+        calls = self._tool_calls.pop(choice).calls()
+        result = await self.turn.check_tool_calls(calls)
+        for entry in result.activated:
+            entry["additional_info"] = {**(entry["additional_info"] or {}), "choice": choice}
+        if result.blocked_by:
+            self.blocked_by = result.blocked_by
+            return False
+        return True
+
     # --- releasing ------------------------------------------------------------------
 
     def _release(self) -> list[T]:
@@ -232,7 +275,11 @@ class StreamGuard(Generic[T]):
         first_at = held[0].at if held else now
         while held:
             front = held[0]
-            if any(count > self._cutters[c].checked for c, count in front.through.items()):
+            if front.tools and not front.tools.isdisjoint(self._tool_calls):
+                break  # tool calls still to be checked
+            if self.holds and any(
+                count > self._cutters[c].checked for c, count in front.through.items()
+            ):
                 break
             held.popleft()
             self.held_bytes -= front.size

@@ -8,7 +8,7 @@ everything about rails lives here, so both use the same engine.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rails.base import CheckContext, Stage
@@ -53,6 +53,8 @@ class Turn:
         options: GenerationOptions,
         context: Mapping[str, Any] | None = None,
         caller: ModelCaller | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = None,
     ) -> None:
         self.guardrails = guardrails
         self.options = options
@@ -74,6 +76,8 @@ class Turn:
             context=context or {},
             model=model,
             caller=caller,
+            tools=tools if isinstance(tools, list) else (),
+            tool_choice=tool_choice,
         )
         self.input: StageResult | None = None
         self.output: StageResult | None = None
@@ -99,11 +103,31 @@ class Turn:
     def output_rails_selected(self) -> bool:
         return bool(self.guardrails.selected(Stage.OUTPUT, self.options.rails.output))
 
+    def tool_output_rails_selected(self) -> bool:
+        return bool(self.guardrails.selected(Stage.TOOL_OUTPUT, self.options.rails.tool_output))
+
     async def check_input(self) -> StageResult:
-        """Run input rails on the user turn; a rewrite (masking) replaces what goes upstream."""
-        self.input = await self.guardrails.run_stage(
+        """Run the tool-input rails on the request's tool results (when it has any), then
+        the input rails on the user turn; a rewrite (masking) replaces what goes upstream.
+        Both are the turn's input stage: a block in either means no main call."""
+        tools = None
+        tool_results = (
+            [m for m in self.messages if m.get("role") == "tool"]
+            if self.guardrails.tool_input
+            else None
+        )
+        if tool_results:
+            text = "\n".join(content_text(m.get("content")) for m in tool_results)
+            tools = await self.guardrails.run_stage(
+                Stage.TOOL_INPUT, text, self.ctx, self.options.rails.tool_input
+            )
+            if tools.blocked_by:
+                self.input = tools
+                return tools
+        result = await self.guardrails.run_stage(
             Stage.INPUT, self.user_text, self.ctx, self.options.rails.input
         )
+        self.input = _fold(tools, result)
         if self.input.modified and not self.input.blocked_by:
             await self._rewrite_user_messages(self.input.text)
         return self.input
@@ -154,23 +178,30 @@ class Turn:
         result = await self.guardrails.run_stage(
             Stage.OUTPUT, text, self.ctx, self.options.rails.output
         )
-        previous = self.output
-        if previous is None:
-            self.output = result
-        else:
-            self.output = StageResult(
-                text=result.text,
-                blocked_by=previous.blocked_by or result.blocked_by,
-                modified=previous.modified or result.modified,
-                activated=[*previous.activated, *result.activated],
-                duration=previous.duration + result.duration,
-            )
+        self.output = _fold(self.output, result)
+        return result
+
+    async def check_tool_calls(self, calls: Sequence[Any]) -> StageResult:
+        """Run the tool-output rails on one choice's tool calls (whole: assembled, on a
+        stream). The rails read `ctx.tool_calls`; the text is the calls' arguments. A
+        block counts as an output block, and the refusal becomes the bot message."""
+        self.ctx.tool_calls = calls
+        text = "\n".join(_arguments_text(call) for call in calls)
+        result = await self.guardrails.run_stage(
+            Stage.TOOL_OUTPUT, text, self.ctx, self.options.rails.tool_output
+        )
+        self.output = _fold(self.output, result)
+        if result.blocked_by:
+            self.bot_text = self.guardrails.refusal
         return result
 
     async def answer_without_model(self) -> str:
         """Check mode, after the input rails: output rails on a trailing assistant message if
         one was given, and the text to answer: that message, else the checked user text, or
         the refusal when a rail blocked."""
+        calls = self.messages[-1].get("tool_calls") if self.given_answer is not None else None
+        if not self.blocked_by and isinstance(calls, list) and calls:
+            await self.check_tool_calls(calls)
         if not self.blocked_by and self.given_answer:
             await self.check_output(self.given_answer)
         if self.blocked_by:
@@ -249,3 +280,22 @@ class Turn:
         if wanted is True:
             return variables
         return {name: variables.get(name) for name in wanted}
+
+
+def _fold(previous: StageResult | None, result: StageResult) -> StageResult:
+    """Two runs of rails as one stage result: `result`'s text, both logs and durations."""
+    if previous is None:
+        return result
+    return StageResult(
+        text=result.text,
+        blocked_by=previous.blocked_by or result.blocked_by,
+        modified=previous.modified or result.modified,
+        activated=[*previous.activated, *result.activated],
+        duration=previous.duration + result.duration,
+    )
+
+
+def _arguments_text(call: Any) -> str:
+    function = call.get("function") if isinstance(call, dict) else None
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    return arguments if isinstance(arguments, str) else ""

@@ -34,7 +34,6 @@ async def test_configs_challenges_root_health_ready(
         200,
         [{"id": "jb-1", "description": "try", "category": "jailbreak"}],
     )
-    assert await get_json(http, f"{base}/") == (200, {"status": "ok"})
     assert await get_json(http, f"{base}/health") == (200, {"status": "ok"})
     status, ready = await get_json(http, f"{base}/ready")
     assert status == 200 and ready == {"status": "ready", "configs": 4}

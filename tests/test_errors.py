@@ -229,13 +229,13 @@ async def test_thread_id_length(
 
 
 @pytest.mark.parametrize("thread_id", ["x" * 16, "t" * 255])
-async def test_valid_thread_id_is_refused_as_threads_are_disabled(
+async def test_valid_thread_id_is_refused_when_threads_are_off(
     start_railguard: StartRailguard,
     fake_upstream: FakeUpstream,
     http: aiohttp.ClientSession,
     thread_id: str,
 ) -> None:
-    base = await start_railguard()
+    base = await start_railguard(thread_store="none")
     body = chat_body(guardrails={"config_id": "open", "thread_id": thread_id})
     status, data, _ = await send(http, base, body)
     assert_error(

@@ -71,6 +71,67 @@ def delta_contents(data: Any) -> list[tuple[int, str]]:
     return contents
 
 
+def delta_tool_calls(data: Any) -> tuple[list[tuple[int, Any]], list[int]]:
+    """(choice index, tool-call delta) for each tool-call delta of a chunk, and the indexes
+    of the choices the chunk finishes (those with a `finish_reason`)."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        return [], []
+    calls: list[tuple[int, Any]] = []
+    finished: list[int] = []
+    for position, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index")
+        index = index if isinstance(index, int) else position
+        delta = choice.get("delta")
+        deltas = delta.get("tool_calls") if isinstance(delta, dict) else None
+        if isinstance(deltas, list):
+            calls.extend((index, call) for call in deltas)
+        elif deltas is not None:
+            calls.append((index, deltas))
+        if choice.get("finish_reason") is not None:
+            finished.append(index)
+    return calls, finished
+
+
+class ToolCallAssembler:
+    """One choice's streamed tool calls, assembled from their deltas as the `openai` SDK
+    assembles them: by `index`, strings concatenated, `type` and `index` replaced."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, delta: Any) -> None:
+        if not isinstance(delta, dict):
+            self._calls[-1 - len(self._calls)] = delta  # kept as is: validation rejects it
+            return
+        index = delta.get("index")
+        if not isinstance(index, int):
+            index = len(self._calls)
+        call = self._calls.get(index)
+        self._calls[index] = dict(delta) if call is None else _accumulate(call, delta)
+
+    def calls(self) -> list[Any]:
+        return [self._calls[index] for index in sorted(self._calls)]
+
+
+def _accumulate(into: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    for key, value in delta.items():
+        old = into.get(key)
+        if old is None or key in ("index", "type"):
+            into[key] = value
+        elif isinstance(old, str) and isinstance(value, str):
+            into[key] = old + value
+        elif isinstance(old, dict) and isinstance(value, dict):
+            into[key] = _accumulate(dict(old), value)
+        elif value is not None:
+            into[key] = value
+    return into
+
+
 def error_object(
     message: str, type_: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
