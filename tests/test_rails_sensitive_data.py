@@ -353,6 +353,16 @@ async def test_detect_blocks_naming_the_types_never_the_values() -> None:
     assert clean.blocked_by is None
 
 
+async def test_detect_names_what_masking_would_mask_not_a_value_inside_another() -> None:
+    guardrails = engine(
+        {"input": ["detect sensitive data on input"]},
+        input={"entities": ["IBAN_CODE", "PHONE_NUMBER"]},
+    )
+    text = "Pay to NL91 ABNA 0417 1643 00 today"  # its last groups read like a phone number
+    result = await guardrails.run_stage(Stage.INPUT, text, ctx())
+    assert result.activated[0]["additional_info"]["reason"] == "sensitive data: IBAN_CODE"
+
+
 async def test_only_the_listed_entities_count() -> None:
     guardrails = engine(
         {"output": ["mask sensitive data on output"]}, output={"entities": ["EMAIL_ADDRESS"]}
