@@ -35,6 +35,8 @@ bench: install
 	$(PY) bench/run.py
 	$(PY) bench/rails_perf.py
 	$(PY) bench/threads.py
+	$(PY) bench/workers.py
+	$(PY) bench/python_api.py
 
 precision: install
 	$(PY) bench/precision_recall.py

@@ -2,9 +2,16 @@
 
 from metrics.labels import Children, ModelLabels
 from metrics.registry import (
+    BUILD_INFO,
+    CONFIG_INFO,
+    EVENT_LOOP_LAG,
+    FIRST_CHUNK,
     IN_FLIGHT,
+    PROXY_OVERHEAD,
     RAIL_CHECKS,
     RAIL_DURATION,
+    RAIL_ERRORS,
+    RAILS_ADDED,
     REGISTRY,
     REQUEST_DURATION,
     REQUESTS,
@@ -12,13 +19,23 @@ from metrics.registry import (
     STREAM_TERMINATIONS,
     THREAD_STORE_DURATION,
     THREAD_STORE_ERRORS,
+    TOKENS,
     UPSTREAM_DURATION,
+    UPSTREAM_FIRST_CHUNK,
+    exposition,
 )
 
 __all__ = [
+    "BUILD_INFO",
+    "CONFIG_INFO",
+    "EVENT_LOOP_LAG",
+    "FIRST_CHUNK",
     "IN_FLIGHT",
+    "PROXY_OVERHEAD",
+    "RAILS_ADDED",
     "RAIL_CHECKS",
     "RAIL_DURATION",
+    "RAIL_ERRORS",
     "REGISTRY",
     "REQUESTS",
     "REQUEST_DURATION",
@@ -26,7 +43,10 @@ __all__ = [
     "STREAM_TERMINATIONS",
     "THREAD_STORE_DURATION",
     "THREAD_STORE_ERRORS",
+    "TOKENS",
     "UPSTREAM_DURATION",
+    "UPSTREAM_FIRST_CHUNK",
     "Children",
     "ModelLabels",
+    "exposition",
 ]

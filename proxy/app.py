@@ -12,6 +12,12 @@ from proxy.configs import ConfigStore
 from proxy.cors import cors_middleware
 from proxy.endpoints import Endpoints, health
 from proxy.errors import error_middleware
+from proxy.runtime import (
+    MetricsEndpoint,
+    add_event_loop_watch,
+    record_info,
+    serve_metrics_port,
+)
 from proxy.settings import Settings
 from proxy.streaming import StreamLimits
 from proxy.threads import build_conversations
@@ -57,9 +63,15 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
 
     limits = StreamLimits(settings.stream_max_event_bytes, settings.stream_max_holdback_bytes)
     cache = CheckCache(settings.check_cache_size, settings.check_cache_ttl)
-    models = ModelLabels(known_models(store, router))
+    models = ModelLabels(
+        {*known_models(store, router), *settings.metrics_models}, settings.metrics_dynamic_models
+    )
     conversations = build_conversations(settings)
-    chat = ChatCompletions(store, router, pool, models, limits, cache, conversations)
+    chat = ChatCompletions(
+        store, router, pool, models, limits, cache, conversations, settings.log_content
+    )
+    record_info(config_root.configs)
+    metrics = MetricsEndpoint(settings.metrics_token)
     endpoints = Endpoints(store, router, pool, cache)
     p = settings.normalized_prefix
     app.router.add_post(f"{p}/v1/chat/completions", chat.handle)
@@ -69,7 +81,13 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     app.router.add_get(f"{p}/v1/models", endpoints.models)
     app.router.add_get(f"{p}/health", health)
     app.router.add_get(f"{p}/ready", endpoints.ready)
-    app.router.add_get(f"{p}/metrics", endpoints.metrics)
+    if settings.metrics_port is None:
+        app.router.add_get(f"{p}/metrics", metrics.handle)
+    else:
+        serve_metrics_port(
+            app, metrics, settings.host, settings.metrics_port, reuse_port=settings.workers > 1
+        )
+    add_event_loop_watch(app)
     if settings.disable_chat_ui:
         app.router.add_get(f"{p}/", health)
     else:

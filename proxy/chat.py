@@ -6,6 +6,8 @@ answer a rail blocked or rewrote and adds the `guardrails` envelope.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
@@ -13,17 +15,23 @@ import orjson
 from aiohttp import web
 
 from metrics import (
+    FIRST_CHUNK,
     IN_FLIGHT,
+    PROXY_OVERHEAD,
+    RAILS_ADDED,
     REQUEST_DURATION,
     REQUESTS,
+    TOKENS,
     UPSTREAM_DURATION,
+    UPSTREAM_FIRST_CHUNK,
     Children,
     ModelLabels,
 )
+from proxy.access import ACCESS_LOG, TRACE, Trace, log_request, request_id, usage_tokens
 from proxy.configs import ConfigStore
 from proxy.early_call import EarlyCall, speculates
 from proxy.envelope import envelope
-from proxy.errors import JSON, ApiError, invalid
+from proxy.errors import JSON, ApiError, api_error_response, invalid
 from proxy.request import ParsedChat, parse_chat
 from proxy.streaming import SSE_HEADERS, StreamLimits, StreamRelay
 from proxy.threads import (
@@ -49,7 +57,6 @@ from upstream.wire import (
     DONE_EVENT,
     chunk,
     completion,
-    content_text,
     new_completion_id,
     sse_event,
 )
@@ -80,17 +87,19 @@ def start_turn(
 
 
 _STREAM_OUTCOMES = {
-    "blocked": "blocked_output",
     "upstream_error": "upstream_error",
     "limit": "upstream_error",
 }
 
 
 def outcome(turn: Turn) -> str:
-    if turn.input and turn.input.blocked_by:
-        return "blocked_input"
-    if turn.output and turn.output.blocked_by:
-        return "blocked_output"
+    """What the rails made of a request. `rail_error`: a rail errored or timed out and no
+    rail blocked on its own verdict (a block by `on_error: block` is a rail_error too)."""
+    for stage, blocked in ((turn.input, "blocked_input"), (turn.output, "blocked_output")):
+        if stage is not None and stage.blocked_by:
+            return "rail_error" if stage.error_block else blocked
+    if turn.rail_errors:
+        return "rail_error"
     return "modified" if turn.modified else "passed"
 
 
@@ -106,8 +115,10 @@ class ChatCompletions:
         limits: StreamLimits,
         cache: CheckCache | None = None,
         conversations: Conversations | None = None,
+        log_content: bool = False,
     ) -> None:
         self.store = store
+        self.log_content = log_content
         self.conversations = conversations or Conversations(None, StateCodec(None))
         self.limits = limits
         self.cache = cache
@@ -117,38 +128,90 @@ class ChatCompletions:
         self._duration = Children(REQUEST_DURATION)
         self._requests = Children(REQUESTS)
         self._upstream_duration = Children(UPSTREAM_DURATION)
+        self._overhead = Children(PROXY_OVERHEAD)
+        self._rails_added = Children(RAILS_ADDED)
+        self._tokens = Children(TOKENS)
+        self._first_chunk = Children(FIRST_CHUNK)
+        self._upstream_first_chunk = Children(UPSTREAM_FIRST_CHUNK)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
         IN_FLIGHT.inc()
+        trace = request[TRACE] = Trace(request_id(request), t0)
         labels = {
             "config_id": "none",
             "model": "none",
             "stream": "false",
             "outcome": "client_error",
         }
+        status = 500
         try:
-            return await self._handle(request, labels)
-        except ThreadStoreUnavailable:
-            labels["outcome"] = "thread_store_error"
+            response = await self._handle(request, labels, trace)
+            status = response.status
+            if not response.prepared:  # streams are stamped before their headers go out
+                trace.stamp(response)
+            return response
+        except ApiError as exc:
+            if isinstance(exc, ThreadStoreUnavailable):
+                labels["outcome"] = "thread_store_error"
+            status, trace.error = exc.status, exc.code
+            response = api_error_response(exc)
+            response.headers["x-request-id"] = trace.request_id
+            return response
+        except asyncio.CancelledError:
+            labels["outcome"], status = "client_error", 499
             raise
         finally:
             IN_FLIGHT.dec()
-            self._requests(
-                "chat", labels["config_id"], labels["model"], labels["stream"], labels["outcome"]
-            ).inc()
-            self._duration("chat", labels["stream"]).observe(time.perf_counter() - t0)
+            self._record(trace, labels, status, time.perf_counter())
 
-    async def _handle(self, request: web.Request, labels: dict[str, str]) -> web.StreamResponse:
+    def _record(self, trace: Trace, labels: dict[str, str], status: int, now: float) -> None:
+        """The request's metrics and its access log line."""
+        stream, model = labels["stream"], labels["model"]
+        self._requests("chat", labels["config_id"], model, stream, labels["outcome"]).inc()
+        self._duration("chat", stream).observe(now - trace.started)
+        self._overhead("chat", stream).observe(trace.overhead(now))
+        turn = trace.turn
+        if turn is not None:
+            if turn.input is not None and turn.input.activated:
+                self._rails_added("input").observe(trace.input_rails)
+            if turn.output is not None and turn.output.activated:
+                self._rails_added("output").observe(trace.output_rails)
+        if trace.tokens is not None:
+            self._tokens(model, "prompt").inc(trace.tokens[0])
+            self._tokens(model, "completion").inc(trace.tokens[1])
+        if trace.first_chunk is not None:
+            self._first_chunk(model).observe(trace.first_chunk - trace.started)
+            if trace.upstream_first_chunk is not None and trace.upstream is not None:
+                self._upstream_first_chunk(trace.upstream, model).observe(
+                    trace.upstream_first_chunk
+                )
+        if ACCESS_LOG.isEnabledFor(logging.INFO):
+            log_request(
+                trace,
+                route="chat",
+                config_id=labels["config_id"],
+                outcome=labels["outcome"],
+                status=status,
+                ended=now,
+                content=self.log_content,
+            )
+
+    async def _handle(
+        self, request: web.Request, labels: dict[str, str], trace: Trace
+    ) -> web.StreamResponse:
         raw = await request.read()
         chat = parse_chat(raw)
+        trace.model, trace.stream = chat.model[:200], chat.stream
         labels["stream"] = "true" if chat.stream else "false"
         guardrails = self.store.resolve(chat.guardrails.config_id, chat.guardrails.config_ids)
         labels["config_id"] = guardrails.id
         labels["model"] = self.model_labels(chat.model)
         # A thread or state puts its history in front of the request's messages.
         conversation = await self.conversations.open(chat, guardrails.id)
-        turn = start_turn(request, chat, guardrails, self.pool, self.router, self.cache)
+        turn = trace.turn = start_turn(
+            request, chat, guardrails, self.pool, self.router, self.cache
+        )
 
         upstream: Upstream | None = None
         if turn.calls_model:
@@ -158,16 +221,19 @@ class ChatCompletions:
             body = orjson.dumps(chat.body) if chat.body_changed else raw
             early = EarlyCall(self.pool, upstream, body, request, chat.stream, self.limits)
 
+        started = time.perf_counter()
         try:
             await turn.check_input()
         except BaseException:
             if early is not None:
                 await early.cancel()
             raise
+        if turn.input is not None and turn.input.activated:
+            trace.input_rails = time.perf_counter() - started
         if turn.blocked_by:
             if early is not None:
                 await early.cancel()
-            labels["outcome"] = "blocked_input"
+            labels["outcome"] = outcome(turn)
             state = conversation.unchanged() if conversation else None
             return await self._answer(request, chat, turn, guardrails, guardrails.refusal, state)
         if upstream is None:
@@ -177,20 +243,27 @@ class ChatCompletions:
             return await self._answer(request, chat, turn, guardrails, answer, state)
 
         labels["outcome"] = "upstream_error"
+        trace.upstream = upstream.name
         if early is None:
             body = orjson.dumps(chat.body) if chat.body_changed or turn.modified else raw
             early = EarlyCall(self.pool, upstream, body, request, chat.stream, self.limits)
         if chat.stream:
             return await self._stream(request, turn, upstream, early, labels, conversation)
+        started = time.perf_counter()
         try:
             result = await early.chat()
         except UpstreamError as exc:
             raise ApiError.from_upstream(exc) from exc
+        finally:
+            trace.upstream_wait = time.perf_counter() - started
         self._upstream_duration(upstream.name, labels["model"], "false").observe(
             time.perf_counter() - early.started
         )
         data = result.data
-        await self._check_choices(turn, data, result.elapsed)
+        trace.tokens = usage_tokens(data.get("usage"))
+        await turn.check_completion(data, result.elapsed)
+        if turn.output is not None:
+            trace.output_rails = turn.output.duration
         labels["outcome"] = outcome(turn)
         state = None
         if conversation is not None:
@@ -204,42 +277,6 @@ class ChatCompletions:
             return self.router.resolve(model, main.upstream if main else None)
         except NoUpstreamError as exc:
             raise invalid(str(exc), param="model", code="model_not_routed") from exc
-
-    async def _check_choices(self, turn: Turn, data: dict[str, Any], elapsed: float) -> None:
-        """Tool-output rails on every choice's tool calls, output rails on its text; a block
-        or rewrite patches that choice."""
-        choices = data.get("choices")
-        if not isinstance(choices, list):
-            return
-        messages = [c.get("message") if isinstance(c, dict) else None for c in choices]
-        texts = [content_text(m.get("content")) if isinstance(m, dict) else "" for m in messages]
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
-        turn.record_main_call(str(data.get("model", "")), elapsed, texts[0] if texts else "", usage)
-        turn.bot_text = texts[0] if texts else None
-        tools = turn.tool_output_rails_selected()
-        output = turn.output_rails_selected()
-        if not output and not tools:
-            return
-        for choice, message, text in zip(choices, messages, texts, strict=True):
-            if not isinstance(message, dict):
-                continue
-            calls = message.get("tool_calls") if tools else None
-            if calls:
-                result = await turn.check_tool_calls(calls if isinstance(calls, list) else [calls])
-                if result.blocked_by:
-                    message["content"] = turn.guardrails.refusal
-                    message.pop("tool_calls", None)
-                    choice["finish_reason"] = "stop"
-                    continue
-            if not output or not text:
-                continue
-            result = await turn.check_output(text)
-            if result.blocked_by:
-                message["content"] = turn.guardrails.refusal
-                message.pop("tool_calls", None)
-                choice["finish_reason"] = "stop"
-            elif result.modified:
-                message["content"] = result.text
 
     async def _answer(
         self,
@@ -260,6 +297,7 @@ class ChatCompletions:
         final = chunk(chat.model, completion_id, {}, "stop", created)
         final["guardrails"] = envelope(turn, guardrails, None, state)
         response = web.StreamResponse(headers=SSE_HEADERS)
+        request[TRACE].stamp(response)
         await response.prepare(request)
         await response.write(
             sse_event(
@@ -283,13 +321,22 @@ class ChatCompletions:
         conversation: Conversation | None = None,
     ) -> web.StreamResponse:
         """Wait for the upstream stream to open (a failure before its first byte is a plain
-        error response), then relay it through the output rails."""
-        stream = await _opened(early)
+        error response), then relay it through the output rails. The headers carry the
+        overhead and the rails known when they go out: the input rails."""
+        trace = request[TRACE]
+        started = time.perf_counter()
+        try:
+            stream = await _opened(early)
+        finally:
+            trace.upstream_wait = time.perf_counter() - started
+        if stream.first_chunk_at is not None:
+            trace.upstream_first_chunk = stream.first_chunk_at - stream.started
         response = web.StreamResponse(headers=SSE_HEADERS)
         relay = StreamRelay(
             turn, turn.guardrails, stream, self.limits.max_holdback_bytes, conversation
         )
         try:
+            trace.stamp(response)
             await response.prepare(request)
             end = await relay.run(response)
             labels["outcome"] = _STREAM_OUTCOMES.get(end.reason) or outcome(turn)
@@ -297,6 +344,10 @@ class ChatCompletions:
         except (ConnectionResetError, ConnectionError):
             labels["outcome"] = "client_error"
         finally:
+            trace.upstream_wait += stream.waited
+            trace.output_rails = relay.rails_wait
+            trace.first_chunk = relay.first_sent
+            trace.tokens = usage_tokens(relay.usage)
             await stream.__aexit__(None, None, None)
             self._upstream_duration(upstream.name, labels["model"], "true").observe(
                 time.perf_counter() - early.started

@@ -1,4 +1,9 @@
-"""`railguard serve` (the flags of `nemoguardrails server`, plus ours) and `demo-upstream`."""
+"""`railguard serve` (the flags of `nemoguardrails server`, plus ours) and `demo-upstream`.
+
+Nothing that defines metrics is imported before `serve` has set up the metrics
+environment: prometheus-client picks its multiprocess mode (`--workers` > 1) when the
+first metric is built, from `PROMETHEUS_MULTIPROC_DIR`.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,15 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from aiohttp import web
-
-from proxy.app import build_app
 from proxy.settings import (
     Settings,
     check_engine_env,
@@ -24,8 +29,11 @@ from proxy.settings import (
     default_upstream_from_env,
     env_flag,
 )
-from rails.config import ConfigError, ConfigRoot, load_config_root
-from upstream import UpstreamConfigError
+
+if TYPE_CHECKING:
+    from rails.config import ConfigRoot
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 log = logging.getLogger("railguard")
 
@@ -106,6 +114,41 @@ def _parser() -> argparse.ArgumentParser:
         default=256 * 1024 * 1024,
         help="memory store: message bytes kept in all; least recently used threads go first",
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics on this port (same host) instead of the main one",
+    )
+    serve.add_argument(
+        "--metrics-token",
+        default=os.environ.get("RAILGUARD_METRICS_TOKEN") or None,
+        help="/metrics answers only 'Authorization: Bearer TOKEN' (or RAILGUARD_METRICS_TOKEN)",
+    )
+    serve.add_argument(
+        "--metrics-models",
+        action="append",
+        default=[],
+        metavar="NAMES",
+        help="comma-separated model names that are always their own metric label",
+    )
+    serve.add_argument(
+        "--metrics-dynamic-models",
+        type=int,
+        default=20,
+        help="other model names that become labels, first come (per worker); then 'other'",
+    )
+    serve.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="record no metrics (/metrics serves nothing): to measure what they cost",
+    )
+    serve.add_argument(
+        "--log-content",
+        action="store_true",
+        help="the access log also carries the user's text and the answer",
+    )
+    serve.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
     serve.add_argument("--log-level", default=os.environ.get("RAILGUARD_LOG_LEVEL", "INFO"))
     demo = commands.add_parser("demo-upstream", help="run the echoing demo upstream (not a model)")
     demo.add_argument("--host", default="127.0.0.1")
@@ -140,6 +183,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         thread_memory_max_bytes=args.thread_memory_max_bytes,
         redis_password=os.environ.get("RAILGUARD_REDIS_PASSWORD") or None,
         state_secret=os.environ.get("RAILGUARD_STATE_SECRET") or None,
+        metrics_port=args.metrics_port,
+        metrics_token=args.metrics_token or None,
+        metrics_models=tuple(
+            name.strip()
+            for names in args.metrics_models
+            for name in names.split(",")
+            if name.strip()
+        ),
+        metrics_dynamic_models=max(0, args.metrics_dynamic_models),
+        log_content=args.log_content,
     )
 
 
@@ -162,6 +215,10 @@ def _new_loop() -> object:
 
 
 def _run(settings: Settings, root: ConfigRoot, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from proxy.app import build_app
+
     app = build_app(settings, root)
     # Everything built so far lives as long as the process: keep the collector off it.
     # Full collections over it were the p99 tail under load (bench/).
@@ -214,8 +271,48 @@ def _serve_workers(settings: Settings, root: ConfigRoot) -> int:
     return 0 if clean else 1
 
 
+def metrics_environment(workers: int, disabled: bool = False) -> str | None:
+    """Set up the metrics environment, before anything defines a metric. With several
+    workers, prometheus-client's multiprocess mode: a folder for the per-process files,
+    `PROMETHEUS_MULTIPROC_DIR` if set (its old files removed), else a new temporary one,
+    returned so the caller removes it at exit."""
+    if disabled:
+        os.environ["RAILGUARD_METRICS"] = "off"
+    given = os.environ.get(MULTIPROC_ENV)
+    if workers <= 1 and not given:
+        return None
+    if "metrics.registry" in sys.modules:
+        raise RuntimeError("the metrics were defined before their environment was set up")
+    created = None
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.db"):
+            old.unlink()
+    else:
+        created = tempfile.mkdtemp(prefix="railguard-metrics-")
+        os.environ[MULTIPROC_ENV] = created
+    return created
+
+
 def serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    created = metrics_environment(settings.workers, args.no_metrics)
+    try:
+        return _serve(args, settings)
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy.access import configure_access_log
+    from proxy.app import build_app
+    from rails.config import ConfigError, load_config_root
+    from upstream import UpstreamConfigError
+
+    if not args.no_access_log:
+        configure_access_log()
     try:
         check_engine_env()
         root = load_config_root(settings.config_path)

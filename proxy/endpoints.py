@@ -1,4 +1,4 @@
-"""The small endpoints: configs, challenges, models, health, readiness, metrics, checks."""
+"""The small endpoints: configs, challenges, models, health, readiness, checks."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from metrics import REGISTRY, REQUESTS
+from metrics import REQUESTS
 from proxy.chat import outcome, start_turn
 from proxy.configs import ConfigStore
 from proxy.errors import JSON, ApiError
@@ -66,11 +65,6 @@ class Endpoints:
     async def ready(self, request: web.Request) -> web.Response:
         return json_response({"status": "ready", "configs": len(self.store.ids)})
 
-    async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
     async def models(self, request: web.Request) -> web.Response:
         """Every upstream's model list, merged by id; one that fails is skipped unless all do."""
         upstreams = self._model_sources
@@ -101,7 +95,7 @@ class Endpoints:
         turn = start_turn(request, chat, guardrails, self.pool, self.router, self.cache)
         await turn.check_input()
         content = await turn.answer_without_model()
-        result = outcome(turn)
-        REQUESTS.labels("checks", guardrails.id, "none", "false", result).inc()
-        status = {"passed": "passed", "modified": "modified"}.get(result, "blocked")
-        return json_response({"status": status, "content": content, "rail": turn.blocked_by})
+        REQUESTS.labels("checks", guardrails.id, "none", "false", outcome(turn)).inc()
+        return json_response(
+            {"status": turn.check_status, "content": content, "rail": turn.blocked_by}
+        )

@@ -16,13 +16,10 @@ def envelope(
 ) -> dict[str, Any]:
     """The spec's GuardrailsResponseData: all five keys, null when empty. `state` is set
     when the request continued one (proxy/threads/state.py)."""
-    llm_output = None
-    if turn.options.llm_output and upstream_data is not None:
-        llm_output = {k: v for k, v in upstream_data.items() if k not in ("choices", "guardrails")}
     return {
         "config_id": guardrails.id,
         "state": state,
-        "llm_output": llm_output,
+        "llm_output": turn.llm_output(upstream_data),
         "output_data": turn.output_data(),
         "log": turn.log(),
     }

@@ -49,6 +49,11 @@ class Settings:
     thread_memory_max_bytes: int = 256 * 1024 * 1024
     redis_password: str | None = field(default=None, repr=False)  # RAILGUARD_REDIS_PASSWORD
     state_secret: str | None = field(default=None, repr=False)  # RAILGUARD_STATE_SECRET
+    metrics_port: int | None = None  # serve /metrics there instead of on the main port
+    metrics_token: str | None = field(default=None, repr=False)  # RAILGUARD_METRICS_TOKEN
+    metrics_models: tuple[str, ...] = ()  # model names that are always their own label
+    metrics_dynamic_models: int = 20  # other model names admitted first come, then `other`
+    log_content: bool = False  # the access log carries the user text and the answer
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

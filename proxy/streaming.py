@@ -22,15 +22,13 @@ from proxy.envelope import envelope
 from proxy.errors import ApiError
 from proxy.threads import Conversation, stream_answer
 from rails.guardrails import Guardrails
-from rails.streaming import Rewritten, StreamGuard
+from rails.streaming import Rewritten, StreamGuard, blocked_error
 from rails.turn import Turn
 from upstream import UpstreamBadResponse, UpstreamError, UpstreamEventTooLarge, UpstreamStream
 from upstream.wire import (
     DONE_EVENT,
     SSE_CONTENT_TYPE,
     chunk,
-    delta_contents,
-    delta_tool_calls,
     error_object,
     event_json,
     is_done,
@@ -108,6 +106,23 @@ class StreamRelay:
             self.guard = StreamGuard(turn, guardrails.config.streaming, on_block=stream.abort)
         self.meta: dict[str, Any] | None = None  # id, model, created of the upstream's chunks
         self._meta_tried = False
+        self.first_sent: float | None = None  # time.perf_counter() of the first event out
+        self.rails_wait = 0.0  # seconds the stream waited for output rails
+        self._usage_event: bytes | None = None  # pass-through: the last event with usage
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """The upstream's `usage`, when its stream carried one (the last one sent)."""
+        if self.guard is not None:
+            return self.guard.usage
+        if self._usage_event is None:
+            return None
+        try:
+            data = event_json(self._usage_event)
+        except ValueError:
+            return None
+        usage = data.get("usage") if isinstance(data, dict) else None
+        return usage if isinstance(usage, dict) else None
 
     async def run(self, response: web.StreamResponse) -> StreamEnd:
         started = time.perf_counter()
@@ -136,10 +151,7 @@ class StreamRelay:
                 guard.cancel()
         if guard is not None and guard.blocked_by:
             reason = "blocked"
-            rail = guard.blocked_by
-            error = error_object(
-                f"Blocked by {rail} rails.", "guardrails_violation", "content_blocked", rail
-            )
+            error = blocked_error(guard.blocked_by)
         upstream_data = self._record(time.perf_counter() - started)
         state = None
         if self.conversation is not None and guard is not None:
@@ -153,6 +165,8 @@ class StreamRelay:
         last: dict[str, Any] = {"error": error} if error else self._chunk({})
         last["guardrails"] = envelope(self.turn, self.guardrails, upstream_data, state)
         await response.write(sse_event(last) + DONE_EVENT)
+        if self.first_sent is None:
+            self.first_sent = time.perf_counter()
         _TERMINATIONS[reason].inc()
         return StreamEnd(reason, upstream_data)
 
@@ -164,9 +178,14 @@ class StreamRelay:
                 return
             if not self._meta_tried:
                 self._note_meta(event)
+            if b'"usage"' in event:
+                self._usage_event = event
             await write(event)
+            if self.first_sent is None:
+                self.first_sent = time.perf_counter()
 
     async def _guarded(self, response: web.StreamResponse, guard: StreamGuard[bytes]) -> None:
+        timed = guard.active  # output rails run: the time they hold the stream is theirs
         async for event in self.stream:
             if is_done(event):
                 break
@@ -177,22 +196,28 @@ class StreamRelay:
                     "The upstream sent a stream event that is not JSON, so output rails can't "
                     "check it; the stream was stopped."
                 ) from None
-            contents = delta_contents(data) if data is not None else []
-            if isinstance(data, dict):
-                if self.meta is None:
-                    self.meta = _meta(data)
-                if isinstance(data.get("usage"), dict):
-                    guard.usage = data["usage"]
-            calls, finished = delta_tool_calls(data) if guard.checks_tools else ([], [])
-            out = await guard.push(event, contents, len(event), calls, finished)
+            if self.meta is None and isinstance(data, dict):
+                self.meta = _meta(data)
+            if timed:
+                started = time.perf_counter()
+                out = await guard.push_chunk(event, data, len(event))
+                self.rails_wait += time.perf_counter() - started
+            else:
+                out = await guard.push_chunk(event, data, len(event))
             if guard.blocked_by:
                 return
             if guard.held_bytes > self.max_holdback_bytes:
                 raise HoldbackLimit(self.max_holdback_bytes)
             if out:
                 await response.write(out[0] if len(out) == 1 else b"".join(out))
+                if self.first_sent is None:
+                    self.first_sent = time.perf_counter()
         if not guard.blocked_by:
-            await self._write(response, await guard.finish())
+            started = time.perf_counter()
+            rest = await guard.finish()
+            if timed:
+                self.rails_wait += time.perf_counter() - started
+            await self._write(response, rest)
 
     async def _write(self, response: web.StreamResponse, out: Sequence[bytes | Rewritten]) -> None:
         if out:
@@ -201,6 +226,8 @@ class StreamRelay:
                     item if isinstance(item, bytes) else self._rewritten_event(item) for item in out
                 )
             )
+            if self.first_sent is None:
+                self.first_sent = time.perf_counter()
 
     def _rewritten_event(self, item: Rewritten) -> bytes:
         event = self._chunk({"role": "assistant", "content": item.text})
@@ -235,9 +262,7 @@ class StreamRelay:
         meta = self.meta
         if guard is None:
             return meta
-        model = str(meta.get("model", "")) if meta else ""
-        self.turn.record_main_call(model, elapsed, guard.text(), guard.usage)
-        self.turn.bot_text = guard.sent_text()
+        guard.record(str(meta.get("model", "")) if meta else "", elapsed)
         if meta is not None and guard.usage is not None:
             return {**meta, "usage": guard.usage}
         return meta

@@ -1,0 +1,15 @@
+"""The guardrails engine. `from rails import LLMRails, RailsConfig` is its Python API."""
+
+from rails.api import GenerationResponse, LLMRails, RailsResult, RailStatus
+from rails.config import ConfigError, RailsConfig
+from rails.options import GenerationOptions
+
+__all__ = [
+    "ConfigError",
+    "GenerationOptions",
+    "GenerationResponse",
+    "LLMRails",
+    "RailStatus",
+    "RailsConfig",
+    "RailsResult",
+]

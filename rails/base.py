@@ -31,6 +31,7 @@ class Verdict:
     action: Action
     text: str | None = None
     reason: str | None = None
+    failed: bool = False  # the rail errored or timed out: its on_error policy decided
 
 
 ALLOW = Verdict(Action.ALLOW)

@@ -30,6 +30,7 @@ _RUN_KEYS = frozenset(
 _SILENT_KEYS = frozenset({"streaming"})  # NeMo's on/off switch; clients choose streaming here
 _RUN_RAILS = frozenset({"input", "output", "tool_input", "tool_output", "config"})
 _BASE_URL_KEYS = ("base_url", "openai_api_base", "api_base")
+_CONTENT = "<yaml_content>"  # where errors say a config built from text came from
 _FOLDER_EXTRAS = (
     ("kb", "kb/ folder"),
     ("actions.py", "actions.py"),
@@ -168,16 +169,20 @@ class RailsConfig:
     def from_content(
         cls, yaml_content: str | None = None, colang_content: str | None = None
     ) -> RailsConfig:
-        raw = _parse_yaml(yaml_content or "", None)
+        """A config from the text of a config.yml and of a .co file (its `define bot`
+        messages); errors name `<yaml_content>` where a folder's would name the file."""
+        raw = _parse_yaml(yaml_content or "", _CONTENT)
         colang = colang_content or ""
         return cls._build(
             raw,
+            origins=dict.fromkeys(map(str, raw), _CONTENT),
             bot_messages=parse_bot_messages(colang),
             ignored=["colang flows"] if has_flows(colang) else [],
         )
 
     @classmethod
     def parse_object(cls, obj: Mapping[str, Any]) -> RailsConfig:
+        """A config from the mapping a config.yml would hold; errors name the key."""
         return cls._build(obj)
 
     @classmethod
@@ -405,7 +410,7 @@ def _read_yaml(file: Path) -> Mapping[str, Any]:
     return _parse_yaml(_read_text(file), file)
 
 
-def _parse_yaml(text: str, file: Path | None) -> Mapping[str, Any]:
+def _parse_yaml(text: str, file: str | Path | None) -> Mapping[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:

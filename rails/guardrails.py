@@ -13,11 +13,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from metrics import RAIL_CHECKS, RAIL_DURATION
+from metrics import RAIL_CHECKS, RAIL_DURATION, RAIL_ERRORS
 from rails.base import Action, CheckContext, Rail, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
 from rails.model_caller import ModelTarget, model_targets
 from rails.registry import build_rail, split_flow
+from upstream.errors import (
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 log = logging.getLogger("railguard.rails")
 
@@ -40,9 +47,13 @@ class RailRunner:
         labels = (self.config_id, self.rail.name, self.rail.stage.value)
         self._verdicts = {
             v: RAIL_CHECKS.labels(*labels, v)
-            for v in ("pass", "block", "modify", "error", "timeout")
+            for v in ("pass", "block", "modify", "error", "timeout", "skipped")
         }
         self._duration = RAIL_DURATION.labels(*labels)
+
+    def skipped(self) -> None:
+        """Not run: an earlier rail of the stage blocked."""
+        self._verdicts["skipped"].inc()
 
     async def run(
         self, text: str, ctx: CheckContext, deadline: float | None = None
@@ -67,8 +78,12 @@ class RailRunner:
             decision = verdict.action.value
         except Exception as exc:  # a failing rail must follow its policy, never crash the request
             outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
-            verdict = Verdict(Action.ALLOW if self.fail_open else Action.BLOCK, reason=outcome)
-            decision = f"{outcome}: {'allow' if self.fail_open else 'block'}"
+            action = Action.ALLOW if self.fail_open else Action.BLOCK
+            verdict = Verdict(action, reason=outcome, failed=True)
+            decision = f"{outcome}: {action.value}"
+            RAIL_ERRORS.labels(
+                self.config_id, self.rail.name, self.rail.stage.value, error_type(exc), action.value
+            ).inc()
             log.warning(
                 "rail %r failed (%s: %s); policy %s",
                 self.rail.name,
@@ -100,6 +115,8 @@ class StageResult:
     modified: bool = False
     activated: list[dict[str, Any]] = field(default_factory=list)
     duration: float = 0.0
+    errors: int = 0  # checks that errored or timed out (their on_error policy decided)
+    error_block: bool = False  # the block came from a failed rail's on_error: block
 
 
 def _stage_timeout(config: RailsConfig) -> float | None:
@@ -129,6 +146,21 @@ def _policy(config: RailsConfig, flow: str) -> tuple[float, bool]:
             key=f"railguard.rails.{flow}.on_error",
         )
     return float(per_rail.get("timeout", default_timeout)), on_error == "allow"
+
+
+def error_type(exc: BaseException) -> str:
+    """A bounded name for why a rail failed (a metric label)."""
+    if isinstance(exc, UpstreamTimeout):
+        return "upstream_timeout"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, UpstreamUnreachable):
+        return "upstream_unreachable"
+    if isinstance(exc, UpstreamHTTPError):
+        return "upstream_status"
+    if isinstance(exc, UpstreamBadResponse):
+        return "upstream_bad_response"
+    return "upstream_error" if isinstance(exc, UpstreamError) else "exception"
 
 
 class Guardrails:
@@ -213,6 +245,11 @@ class Guardrails:
                     if self._apply(verdict, runner, result):
                         break
         result.duration = time.perf_counter() - t0
+        if result.blocked_by and len(result.activated) < len(runners):
+            ran = {entry["name"] for entry in result.activated}
+            for runner in runners:
+                if runner.rail.name not in ran:
+                    runner.skipped()
         return result
 
     async def rewrite(
@@ -248,8 +285,11 @@ class Guardrails:
     @staticmethod
     def _apply(verdict: Verdict, runner: RailRunner, result: StageResult) -> bool:
         """Fold a verdict into the stage result; True when the stage must stop."""
+        if verdict.failed:
+            result.errors += 1
         if verdict.action is Action.BLOCK:
             result.blocked_by = runner.rail.name
+            result.error_block = verdict.failed
             return True
         if verdict.action is Action.REWRITE and verdict.text is not None:
             result.text = verdict.text

@@ -24,9 +24,16 @@ from metrics import STREAM_HOLDBACK
 from rails.base import Stage
 from rails.config import StreamingSettings
 from rails.turn import Turn
-from upstream.wire import ToolCallAssembler
+from upstream.wire import ToolCallAssembler, delta_contents, delta_tool_calls, error_object
 
 T = TypeVar("T")
+
+
+def blocked_error(rail: str) -> dict[str, Any]:
+    """The error that ends a stream an output rail blocked, as NeMo words it."""
+    return error_object(
+        f"Blocked by {rail} rails.", "guardrails_violation", "content_blocked", rail
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +198,14 @@ class StreamGuard(Generic[T]):
                 return []
         return self._release() if not self.blocked_by else []
 
+    async def push_chunk(self, item: T, data: Any, size: int = 0) -> list[T]:
+        """`push` for an item carrying one parsed chat.completion.chunk (None for an event
+        without JSON): its content tokens, usage, tool-call deltas and finished choices."""
+        if isinstance(data, dict) and isinstance(data.get("usage"), dict):
+            self.usage = data["usage"]
+        calls, finished = delta_tool_calls(data) if self.checks_tools else ([], [])
+        return await self.push(item, delta_contents(data), size, calls, finished)
+
     async def finish(self) -> list[T | Rewritten]:
         """At the end of the stream: wait for checks behind, check what no window covered,
         and release everything held. Returns nothing when a rail blocked."""
@@ -225,6 +240,12 @@ class StreamGuard(Generic[T]):
             return self._rewrites[choice]
         cutter = self._cutters.get(choice)
         return "".join(cutter.tokens[: self._sent[choice]]) if cutter else ""
+
+    def record(self, model: str, elapsed: float) -> None:
+        """At the end: log the main call with the whole answer, and make what went out
+        the turn's bot message."""
+        self.turn.record_main_call(model, elapsed, self.text(), self.usage)
+        self.turn.bot_text = self.sent_text()
 
     def checked_tokens(self) -> int:
         return sum(c.checked for c in self._cutters.values())

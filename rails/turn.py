@@ -97,8 +97,20 @@ class Turn:
         return None
 
     @property
+    def rail_errors(self) -> int:
+        """Rail checks of this turn that errored or timed out (their on_error decided)."""
+        return sum(s.errors for s in (self.input, self.output) if s is not None)
+
+    @property
     def modified(self) -> bool:
         return any(s is not None and s.modified for s in (self.input, self.output))
+
+    @property
+    def check_status(self) -> str:
+        """Check mode's verdict (`/v1/checks`, `LLMRails.check`): passed|modified|blocked."""
+        if self.blocked_by:
+            return "blocked"
+        return "modified" if self.modified else "passed"
 
     def output_rails_selected(self) -> bool:
         return bool(self.guardrails.selected(Stage.OUTPUT, self.options.rails.output))
@@ -195,6 +207,39 @@ class Turn:
             self.bot_text = self.guardrails.refusal
         return result
 
+    async def check_completion(self, data: dict[str, Any], elapsed: float) -> None:
+        """A whole chat.completion from the main call: tool-output rails on every choice's
+        tool calls, output rails on its text; a block or rewrite patches that choice in
+        `data`. Records the main call and the bot message."""
+        choices = data.get("choices")
+        if not isinstance(choices, list):
+            return
+        messages = [c.get("message") if isinstance(c, dict) else None for c in choices]
+        texts = [content_text(m.get("content")) if isinstance(m, dict) else "" for m in messages]
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        self.record_main_call(str(data.get("model", "")), elapsed, texts[0] if texts else "", usage)
+        self.bot_text = texts[0] if texts else None
+        tools = self.tool_output_rails_selected()
+        output = self.output_rails_selected()
+        if not output and not tools:
+            return
+        for choice, message, text in zip(choices, messages, texts, strict=True):
+            if not isinstance(message, dict):
+                continue
+            calls = message.get("tool_calls") if tools else None
+            if calls:
+                result = await self.check_tool_calls(calls if isinstance(calls, list) else [calls])
+                if result.blocked_by:
+                    _refuse(choice, message, self.guardrails.refusal)
+                    continue
+            if not output or not text:
+                continue
+            result = await self.check_output(text)
+            if result.blocked_by:
+                _refuse(choice, message, self.guardrails.refusal)
+            elif result.modified:
+                message["content"] = result.text
+
     async def answer_without_model(self) -> str:
         """Check mode, after the input rails: output rails on a trailing assistant message if
         one was given, and the text to answer: that message, else the checked user text, or
@@ -266,6 +311,13 @@ class Turn:
         }
         return result
 
+    def llm_output(self, upstream_data: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """`options.llm_output`: the main call's answer without its choices (id, model,
+        usage, ...), when one was made."""
+        if not self.options.llm_output or upstream_data is None:
+            return None
+        return {k: v for k, v in upstream_data.items() if k not in ("choices", "guardrails")}
+
     def output_data(self) -> dict[str, Any] | None:
         wanted = self.options.output_vars
         if not wanted:
@@ -292,7 +344,16 @@ def _fold(previous: StageResult | None, result: StageResult) -> StageResult:
         modified=previous.modified or result.modified,
         activated=[*previous.activated, *result.activated],
         duration=previous.duration + result.duration,
+        errors=previous.errors + result.errors,
+        error_block=previous.error_block if previous.blocked_by else result.error_block,
     )
+
+
+def _refuse(choice: dict[str, Any], message: dict[str, Any], refusal: str) -> None:
+    """Patch a blocked choice of a completion to the refusal."""
+    message["content"] = refusal
+    message.pop("tool_calls", None)
+    choice["finish_reason"] = "stop"
 
 
 def _arguments_text(call: Any) -> str:

@@ -260,6 +260,28 @@ def test_alert_rules_cover_the_issue() -> None:
     assert "RailguardUpstreamErrors" in exprs
     assert 'verdict=~"error|timeout"' in exprs["RailguardRailFailing"]
     assert "RailguardDown" in exprs
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    assert 'policy="allow"' in exprs["RailguardRailFailOpen"]
+    assert rules["RailguardRailFailOpen"]["labels"]["severity"] == "critical"
+    assert "railguard_proxy_overhead_seconds_bucket" in exprs["RailguardOverheadOverBudget"]
+    assert "> 0.003" in exprs["RailguardOverheadOverBudget"]
+    assert "railguard_event_loop_lag_seconds_bucket" in exprs["RailguardEventLoopLag"]
+
+
+def test_dashboard_shows_the_new_metrics() -> None:
+    queries = " ".join(expr for _, expr, _ in dashboard_queries(dashboard()))
+    for metric in (
+        "railguard_proxy_overhead_seconds_bucket",
+        "railguard_rails_added_seconds_bucket",
+        "railguard_time_to_first_chunk_seconds_bucket",
+        "railguard_upstream_time_to_first_chunk_seconds_bucket",
+        "railguard_rail_errors_total",
+        "railguard_tokens_total",
+        "railguard_config_info",
+        "railguard_build_info",
+        "railguard_event_loop_lag_seconds_bucket",
+    ):
+        assert metric in queries, metric
 
 
 async def test_alert_rules_only_use_exported_series(exported: dict[str, Series]) -> None:

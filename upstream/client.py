@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -301,6 +302,7 @@ class UpstreamStream:
         "first_chunk_at",
         "started",
         "status",
+        "waited",
     )
 
     def __init__(
@@ -314,13 +316,13 @@ class UpstreamStream:
         self._buf = bytearray()
         self._eof = False
         self.status = 0
-        self.started = 0.0
+        self.started = 0.0  # time.perf_counter() instants
         self.first_chunk_at: float | None = None
+        self.waited = 0.0  # seconds spent waiting for the upstream's bytes after the first
 
     async def __aenter__(self) -> UpstreamStream:
         route = self._route
-        loop = asyncio.get_running_loop()
-        self.started = loop.time()
+        self.started = time.perf_counter()
         try:
             resp = await route.session().post(
                 route.chat_url, data=self._body, headers=self._headers, allow_redirects=False
@@ -346,7 +348,7 @@ class UpstreamStream:
             await self._answered_whole(resp, first)
             return self
         if first:
-            self.first_chunk_at = loop.time()
+            self.first_chunk_at = time.perf_counter()
             self._feed(first)
         else:
             self._eof = True
@@ -413,10 +415,13 @@ class UpstreamStream:
     async def _read(self) -> bytes:
         if self._resp is None:
             raise RuntimeError("iterate an UpstreamStream inside 'async with'")
+        started = time.perf_counter()
         try:
             return await self._resp.content.readany()
         except _FAILURES as exc:
             raise _failure(self._route.upstream, exc) from exc
+        finally:
+            self.waited += time.perf_counter() - started
 
     def _feed(self, chunk: bytes) -> None:
         self._buf += chunk
