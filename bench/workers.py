@@ -16,7 +16,10 @@ small chat bodies, rounds of each pair alternating, the median round reported:
    with spare cores.
 2. metrics on against ``--no-metrics`` (which makes every metric a no-op), one worker
    pinned to the first CPU, the upstream and ``wrk`` on the second, as in bench/run.py.
-   Target: metrics cost at most 5 % of throughput.
+   Target: metrics cost at most 5 % of throughput, judged on railguard's CPU time per
+   request in the same rounds (from ``/proc/PID/stat``): on a saturated core that is what
+   bounds throughput, and unlike requests per second it doesn't move when other work on
+   this shared VM takes the CPU for a while (rounds' throughput varies by more than 5 %).
 3. the same with two workers (unpinned), where values go through prometheus-client's
    multiprocess files.
 4. the access log (``--log-level INFO``: one JSON line per request, to a file) against
@@ -80,6 +83,8 @@ class Bench:
         self.upstream_port = free_port()
         self.rows: list[tuple[str, str, str, str, str]] = []
         self.figures: dict[str, dict[str, list[float]]] = {}
+        self.pids: dict[int, int] = {}  # railguard's port -> its process
+        self.cpu_per_request: dict[str, float] = {}  # the last compare()'s, per target
         self.wrk = loadgen.ensure_wrk()
         self.generator = "wrk (1 thread)" if self.wrk else "Python (4 processes)"
         self.watch = CpuWatch(lambda: [proc.pid for _, proc in procs.started])
@@ -113,6 +118,7 @@ class Bench:
         if "--log-level" not in flags:
             command += ["--log-level", "WARNING"]
         proc = self.procs.start(name, command, cpu)
+        self.pids[port] = proc.pid
         health = f"GET /health HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
         wait_ready(self.procs, name, proc, port, health)
         with RawClient(HOST, port) as client:
@@ -146,14 +152,25 @@ class Bench:
     def compare(
         self, label: str, ports: dict[str, int], cpus: Sequence[int] | None
     ) -> dict[str, loadgen.LoadResult]:
-        """Alternating rounds per target; the median round of each."""
+        """Alternating rounds per target; the median round of each. Also the railguard
+        process's CPU time per request in each round (`self.cpu_per_request[key]`, the median),
+        which a CPU taken away by other work does not change as it changes throughput."""
         for port in ports.values():
             self.load(port, 1.0, cpus)
         rounds: dict[str, list[loadgen.LoadResult]] = {key: [] for key in ports}
+        cpu: dict[str, list[float]] = {key: [] for key in ports}
         for index in range(self.rounds):
             keys = list(ports) if index % 2 == 0 else list(reversed(ports))
             for key in keys:
-                rounds[key].append(self.load(ports[key], self.duration, cpus))
+                pid = self.pids[ports[key]]
+                before = cpu_seconds(pid)
+                result = self.load(ports[key], self.duration, cpus)
+                rounds[key].append(result)
+                if result.requests:
+                    cpu[key].append((cpu_seconds(pid) - before) / result.requests)
+        self.cpu_per_request = {
+            key: sorted(values)[len(values) // 2] for key, values in cpu.items() if values
+        }
         for key, results in rounds.items():
             errors = sum(r.errors for r in results)
             if errors:
@@ -192,6 +209,7 @@ class Bench:
         load = [self.load_cpu] if self.load_cpu is not None else None
         got = self.compare("metrics, 1 worker", {"metrics off": off, "metrics on": on}, load)
         self.cost_row("metrics on vs off, 1 worker (pinned)", got["metrics off"], got["metrics on"])
+        self.cpu_row("1 worker")
         # Throughput on this shared 2-core VM moves by more than 5 % between rounds, so the
         # cost is also computed from the time recording takes, timed in-process.
         per_request = recording_cost(self.configs)
@@ -210,17 +228,31 @@ class Bench:
         off = self.start_railguard("metrics-off-2", None, "--workers", "2", "--no-metrics")
         got = self.compare("metrics, 2 workers", {"metrics off": off, "metrics on": on}, None)
         self.cost_row("metrics on vs off, 2 workers", got["metrics off"], got["metrics on"])
+        self.cpu_row("2 workers (multiprocess files)")
         self.stop_railguards()
 
+    def cpu_row(self, workers: str) -> None:
+        """The target: railguard's CPU time per request, which is what bounds its throughput
+        on saturated cores, and which other work on the VM does not move as it moves rps."""
+        cpu_off, cpu_on = self.cpu_per_request["metrics off"], self.cpu_per_request["metrics on"]
+        cost = cpu_on / cpu_off - 1 if cpu_off else 0.0
+        self.add(
+            f"railguard CPU time per request at c=32, metrics off → on, {workers}",
+            f"{cpu_off * 1e6:.1f} µs",
+            f"{cpu_on * 1e6:.1f} µs",
+            f"{cost:+.1%} (≤ 5 % cost)",
+            "PASS" if cost <= TARGET_METRICS_COST else "FAIL",
+        )
+
     def cost_row(self, metric: str, off: loadgen.LoadResult, on: loadgen.LoadResult) -> None:
+        """Throughput with and without: context, since rounds on this VM vary by more than
+        the 5 % measured (the target row is the CPU time per request)."""
         cost = 1 - on.rps / off.rps if off.rps else 0.0
-        verdict = "PASS" if cost <= TARGET_METRICS_COST else "FAIL"
         self.add(
             f"throughput c=32, {metric}",
             f"{off.rps:,.0f} req/s",
             f"{on.rps:,.0f} req/s",
-            f"{-cost:+.1%} (≤ 5 % cost)",
-            verdict,
+            f"{-cost:+.1%}",
         )
 
     def latency_c1(self, off_port: int, on_port: int) -> None:
@@ -258,6 +290,15 @@ class Bench:
             f"{-cost:+.1%}",
         )
         self.stop_railguards()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time so far of a process and its children (`--workers` forks
+    them), from `/proc/PID/stat` in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = int(fields[11]) + int(fields[12])
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return ticks / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(int(child)) for child in children)
 
 
 def recording_cost(configs: Path, iterations: int = 20000) -> float:
@@ -307,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter rounds, about 50 s")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    duration, rounds = (2.0, 1) if args.quick else (5.0, 3)
+    duration, rounds = (1.0, 2) if args.quick else (3.0, 6)
 
     def terminate(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

@@ -22,6 +22,7 @@ from metrics.registry import (
     TOKENS,
     UPSTREAM_DURATION,
     UPSTREAM_FIRST_CHUNK,
+    batched,
     exposition,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "UPSTREAM_FIRST_CHUNK",
     "Children",
     "ModelLabels",
+    "batched",
     "exposition",
 ]

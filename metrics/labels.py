@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from metrics.registry import batched
+
 OTHER = "other"
 
 
@@ -33,7 +35,7 @@ class ModelLabels:
 class Children:
     """A metric's labelled children, each looked up once: `labels()` costs microseconds
     per call on the hot path, a dict hit costs nanoseconds. Label values are bounded, so
-    the cache is too."""
+    the cache is too. Counters and histograms come back batched (`metrics.batch`)."""
 
     def __init__(self, metric: Any) -> None:
         self._metric = metric
@@ -42,5 +44,5 @@ class Children:
     def __call__(self, *values: str) -> Any:
         child = self._cache.get(values)
         if child is None:
-            child = self._cache[values] = self._metric.labels(*values)
+            child = self._cache[values] = batched(self._metric.labels(*values))
         return child

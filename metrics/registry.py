@@ -19,10 +19,13 @@ from typing import Any, TypeVar, cast
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from metrics.batch import flush, stand_in
+
 ENABLED = os.environ.get("RAILGUARD_METRICS", "on").strip().lower() != "off"
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+BATCHED = ENABLED and MULTIPROCESS_DIR is None  # see metrics/batch.py
 
 if MULTIPROCESS_DIR is not None:
     # prometheus-client asks os.getpid() (a system call) on every update to notice a fork;
@@ -263,8 +266,15 @@ def exposition() -> bytes:
     """The text `/metrics` serves: this process's metrics, or every worker's, merged."""
     global _merged
     if MULTIPROCESS_DIR is None:
+        flush()
         return generate_latest(REGISTRY)
     if _merged is None:
         _merged = CollectorRegistry()
         MultiProcessCollector(_merged, MULTIPROCESS_DIR)
     return generate_latest(_merged)
+
+
+def batched(child: Any) -> Any:
+    """What the hot path records into: the child itself, or in a single process its
+    batching stand-in, flushed by `exposition()`."""
+    return stand_in(child) if BATCHED else child

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from metrics import STREAM_TERMINATIONS
+from metrics import STREAM_TERMINATIONS, batched
 from proxy.envelope import envelope
 from proxy.errors import ApiError
 from proxy.threads import Conversation, stream_answer
@@ -42,7 +42,7 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 _TERMINATIONS = {
-    reason: STREAM_TERMINATIONS.labels(reason)
+    reason: batched(STREAM_TERMINATIONS.labels(reason))
     for reason in ("completed", "blocked", "upstream_error", "client_disconnect", "limit")
 }
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from metrics import RAIL_CHECKS, RAIL_DURATION, RAIL_ERRORS
+from metrics import RAIL_CHECKS, RAIL_DURATION, RAIL_ERRORS, batched
 from rails.base import Action, CheckContext, Rail, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
 from rails.model_caller import ModelTarget, model_targets
@@ -46,10 +46,10 @@ class RailRunner:
     def __post_init__(self) -> None:
         labels = (self.config_id, self.rail.name, self.rail.stage.value)
         self._verdicts = {
-            v: RAIL_CHECKS.labels(*labels, v)
+            v: batched(RAIL_CHECKS.labels(*labels, v))
             for v in ("pass", "block", "modify", "error", "timeout", "skipped")
         }
-        self._duration = RAIL_DURATION.labels(*labels)
+        self._duration = batched(RAIL_DURATION.labels(*labels))
 
     def skipped(self) -> None:
         """Not run: an earlier rail of the stage blocked."""
