@@ -8,6 +8,7 @@ first metric is built, from `PROMETHEUS_MULTIPROC_DIR`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -216,6 +217,7 @@ def _new_loop() -> object:
 
 def _run(settings: Settings, root: ConfigRoot, reuse_port: bool) -> None:
     from aiohttp import web
+    from aiohttp.web_runner import GracefulExit
 
     from proxy.app import build_app
 
@@ -224,17 +226,20 @@ def _run(settings: Settings, root: ConfigRoot, reuse_port: bool) -> None:
     # Full collections over it were the p99 tail under load (bench/).
     gc.collect()
     gc.freeze()
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port or None,
-        access_log=None,
-        print=None,
-        # A client that hangs up cancels its request, and so the upstream call it waits on.
-        handler_cancellation=True,
-        loop=_new_loop(),  # type: ignore[arg-type]
-    )
+    # A second stop signal while shutting down (a worker gets one from the process group
+    # and one from its parent) makes aiohttp raise GracefulExit out of run_app: exit code 1.
+    with contextlib.suppress(GracefulExit):
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            reuse_port=reuse_port or None,
+            access_log=None,
+            print=None,
+            # A client that hangs up cancels its request, and so the upstream call it waits on.
+            handler_cancellation=True,
+            loop=_new_loop(),  # type: ignore[arg-type]
+        )
 
 
 def _serve_workers(settings: Settings, root: ConfigRoot) -> int:
