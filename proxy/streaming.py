@@ -10,6 +10,7 @@ one event carrying `guardrails` (a chunk, or the error that stopped the stream) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
+_SAVING: set[asyncio.Task[None]] = set()  # turns of hung-up streams being saved
 _TERMINATIONS = {
     reason: batched(STREAM_TERMINATIONS.labels(reason))
     for reason in ("completed", "blocked", "upstream_error", "client_disconnect", "limit")
@@ -145,6 +147,8 @@ class StreamRelay:
             error = error_object(str(exc), "server_error", "stream_holdback_limit")
         except (asyncio.CancelledError, ConnectionError):
             _TERMINATIONS["client_disconnect"].inc()
+            if self.conversation is not None and guard is not None:
+                self._save_in_background(guard)
             raise
         finally:
             if guard is not None:
@@ -169,6 +173,21 @@ class StreamRelay:
             self.first_sent = time.perf_counter()
         _TERMINATIONS[reason].inc()
         return StreamEnd(reason, upstream_data)
+
+    def _save_in_background(self, guard: StreamGuard[bytes]) -> None:
+        """A client that hung up cancelled this handler; its thread still keeps the turn:
+        what was sent to it, marked as cut, saved by a task of its own."""
+        assert self.conversation is not None
+        answer = stream_answer(
+            "client_disconnect", guard.sent_text(), guard.blocked_by, self.guardrails.refusal
+        )
+        task = asyncio.get_running_loop().create_task(self._save(self.conversation, answer))
+        _SAVING.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_SAVING.discard)
+
+    async def _save(self, conversation: Conversation, answer: dict[str, Any]) -> None:
+        with contextlib.suppress(ApiError):  # the store is down: counted and logged there
+            await conversation.record(self.turn, answer)
 
     async def _pass_through(self, response: web.StreamResponse) -> None:
         """The fast path: bytes out as they came in; only the first chunk is parsed."""

@@ -268,6 +268,35 @@ async def test_a_cut_stream_saves_what_the_client_received(
     ]
 
 
+async def test_a_stream_the_client_hung_up_on_saves_what_was_sent(
+    start_railguard: StartRailguard,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    thread_store: str,
+) -> None:
+    base = await start_railguard(CONFIGS, thread_store=thread_store)
+    words = ["one ", "two ", "three ", "four ", "five ", "six ", "seven ", "eight"]
+    fake_upstream.next(chunks=upstream_events(words), chunk_delay=0.05)
+    async with http.post(
+        f"{base}/v1/chat/completions", json=turn_body("count", stream=True)
+    ) as resp:
+        received = b""
+        while b"two" not in received:
+            received += await resp.content.readany()
+        resp.close()  # the client hangs up mid-stream
+    for _ in range(100):  # railguard closes the upstream stream as the handler is cancelled
+        if fake_upstream.disconnects:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # the save is one store call, on a task of its own
+    await say(http, base, "and then?")
+    history = seen(fake_upstream)
+    assert len(history) == 3 and history[0] == ("user", "count"), history
+    role, sent = history[1]
+    assert role == "assistant" and sent.startswith("one two") and "eight" not in sent
+    assert history[2] == ("user", "and then?")
+
+
 async def test_a_thread_keeps_its_config(
     start_railguard: StartRailguard,
     fake_upstream: FakeUpstream,

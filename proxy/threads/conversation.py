@@ -7,7 +7,8 @@ What is recorded is what the model saw and what the client was answered:
   the client had received before the block is kept beside it (`railguard.received`) but
   is never sent to the model again, since with `stream_first` part of it may be the text
   the rail blocked;
-- a stream cut by an upstream failure or a limit: the text the client received.
+- a stream cut by an upstream failure, a limit or the client hanging up: the text the
+  client received (or, when it hung up, what was sent to it).
 A turn blocked by the input rails records nothing, so a blocked message is never
 replayed to the model; nor does check mode (`dialog: false`), which calls no model.
 
