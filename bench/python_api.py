@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,6 +47,7 @@ from run import (
     free_port,
     ms,
     no_gc,
+    run_session,
     signed,
     wait_ready,
 )
@@ -147,32 +147,25 @@ def main(argv: list[str] | None = None) -> int:
     api_cpu, upstream_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
     if api_cpu is not None:
         os.sched_setaffinity(0, {api_cpu})
-    with tempfile.TemporaryDirectory(prefix="railguard-bench-api-") as tmp:
-        procs = Processes(Path(tmp))
+
+    def session(procs: Processes, workdir: Path) -> int:
         watch = CpuWatch(lambda: [proc.pid for _, proc in procs.started])
-        try:
-            port = free_port()
-            upstream = procs.start(
-                "upstream",
-                [sys.executable, str(BENCH / "fake_llm.py"), "--port", str(port)],
-                upstream_cpu,
-            )
-            probe = orjson.dumps({"model": MODEL, "messages": MESSAGES})
-            request = build_request(HOST, port, CHAT_PATH, probe)
-            wait_ready(procs, "upstream", upstream, port, request)
-            print(f"[bench] {total} calls of each", file=sys.stderr, flush=True)
-            with watch.phase("sampling"):
-                figures = asyncio.run(measure(f"http://{HOST}:{port}/v1", total, block, warmup))
-        except BenchError as exc:
-            print(f"bench: setup failed: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("bench: interrupted", file=sys.stderr)
-            return 130
-        finally:
-            procs.stop()
-    report(figures, total, api_cpu, upstream_cpu, watch)
-    return 0
+        port = free_port()
+        upstream = procs.start(
+            "upstream",
+            [sys.executable, str(BENCH / "fake_llm.py"), "--port", str(port)],
+            upstream_cpu,
+        )
+        probe = orjson.dumps({"model": MODEL, "messages": MESSAGES})
+        request = build_request(HOST, port, CHAT_PATH, probe)
+        wait_ready(procs, "upstream", upstream, port, request)
+        print(f"[bench] {total} calls of each", file=sys.stderr, flush=True)
+        with watch.phase("sampling"):
+            figures = asyncio.run(measure(f"http://{HOST}:{port}/v1", total, block, warmup))
+        report(figures, total, api_cpu, upstream_cpu, watch)
+        return 0
+
+    return run_session("bench", "railguard-bench-api-", session)
 
 
 def report(

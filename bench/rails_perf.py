@@ -52,14 +52,11 @@ import math
 import os
 import platform
 import random
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import orjson
@@ -81,8 +78,9 @@ from run import (
     free_port,
     ms,
     no_gc,
-    print_background,
-    print_table,
+    report,
+    run_phases,
+    run_session,
     signed,
     us,
     wait_ready,
@@ -639,56 +637,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="railguard-rails-bench-") as tmp:
-        procs = Processes(Path(tmp))
-        bench = RailsBench(plan, procs, Path(tmp))
-        try:
-            bench.log(f"{'quick' if args.quick else 'full'} run; starting the fake and railguard")
-            bench.start()
-            phases = (
+
+    def session(procs: Processes, workdir: Path) -> int:
+        bench = RailsBench(plan, procs, workdir)
+        bench.log(f"{'quick' if args.quick else 'full'} run; starting the fake and railguard")
+        bench.start()
+        run_phases(
+            bench.watch,
+            (
                 ("a. local rails", bench.local),
                 ("b. one check", bench.one_check),
                 ("c. parallel", bench.parallel),
                 ("d. speculative", bench.speculative),
-            )
-            for name, measure in phases:
-                with bench.watch.phase(name):
-                    measure()
-        except BenchError as exc:
-            print(f"rails bench: setup failed: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("rails bench: interrupted", file=sys.stderr)
-            return 130
-        finally:
-            procs.stop()
-    results = bench.results
-    results.meta["mode"] = "quick" if args.quick else "full"
-    results.meta["seconds"] = round(time.monotonic() - started, 1)
-    print()
-    print(
-        f"railguard rails benchmark ({results.meta['mode']}, {results.meta['seconds']} s); "
-        f"{results.meta['pinning']}"
-    )
-    print()
-    print_table(results)
-    print_background(bench.watch, results)
-    if args.json is not None:
-        args.json.write_bytes(
-            orjson.dumps(
-                {"meta": results.meta, "figures": results.figures, "rows": results.rows},
-                option=orjson.OPT_INDENT_2,
-            )
+            ),
         )
-        print(f"\nresults written to {args.json}")
-    return 0
+        report(
+            "railguard rails benchmark", bench.results, bench.watch, args.quick, started, args.json
+        )
+        return 0
+
+    return run_session("rails bench", "railguard-rails-bench-", session)
 
 
 if __name__ == "__main__":

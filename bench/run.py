@@ -391,6 +391,40 @@ def wait_ready(
     raise BenchError(f"{name} did not answer on port {port}:\n{procs.log_tail(name)}")
 
 
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_session(name: str, prefix: str, body: Callable[[Processes, Path], int]) -> int:
+    """Run `body(procs, workdir)` in a scratch directory and return its exit status; the
+    benchmarks that start servers all run through here so that no ending (error, Ctrl-C,
+    SIGTERM) leaves one running. A `BenchError` gives 2, an interrupt 130, each with a line
+    on stderr starting with `name`."""
+    signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C, so that `finally` runs
+    signal.signal(signal.SIGINT, _interrupted)  # also when started with SIGINT ignored (`cmd &`)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        workdir = Path(tmp)
+        procs = Processes(workdir)
+        try:
+            return body(procs, workdir)
+        except BenchError as exc:
+            print(f"{name}: setup failed: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            procs.stop()
+
+
+def run_phases(watch: CpuWatch, phases: Sequence[tuple[str, Callable[[], None]]]) -> None:
+    """Run each measurement as a named phase of `watch`, so the report can flag the phases
+    that other processes disturbed."""
+    for name, measure in phases:
+        with watch.phase(name):
+            measure()
+
+
 def write_configs(root: Path) -> None:
     for config_id, content in CONFIGS.items():
         folder = root / config_id
@@ -466,6 +500,16 @@ class Results:
         verdict = "" if passed is None else ("PASS" if passed else "FAIL")
         self.rows.append(Row(metric, direct, railguard, added, target, verdict))
 
+    def write_json(self, path: Path) -> None:
+        """`--json`: the table's rows with the raw figures behind them, for later comparison."""
+        path.write_bytes(
+            orjson.dumps(
+                {"meta": self.meta, "figures": self.figures, "rows": self.rows},
+                option=orjson.OPT_INDENT_2,
+            )
+        )
+        print(f"\nresults written to {path}")
+
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms"
@@ -518,6 +562,32 @@ def print_background(watch: CpuWatch, results: Results) -> None:
             f"warning: the machine was busy during {', '.join(busy)}: p99 and throughput "
             "there are likely disturbed; rerun on an idle machine"
         )
+
+
+def report(
+    title: str,
+    results: Results,
+    watch: CpuWatch,
+    quick: bool,
+    started: float,
+    json_path: Path | None,
+    notes: Sequence[str] = (),
+) -> None:
+    """The end of run.py and rails_perf.py: a heading, the table, the background load, and
+    the `--json` file, so that both report alike."""
+    results.meta["mode"] = "quick" if quick else "full"
+    results.meta["seconds"] = round(time.monotonic() - started, 1)
+    print()
+    print(
+        f"{title} ({results.meta['mode']}, {results.meta['seconds']} s); {results.meta['pinning']}"
+    )
+    for note in notes:
+        print(note)
+    print()
+    print_table(results)
+    print_background(watch, results)
+    if json_path is not None:
+        results.write_json(json_path)
 
 
 # --- the benchmark -----------------------------------------------------------------------
@@ -1173,58 +1243,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)  # also when started with SIGINT ignored (`cmd &`)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="railguard-bench-") as tmp:
-        procs = Processes(Path(tmp))
-        bench = Bench(plan, args.generator, procs, Path(tmp))
-        try:
-            bench.log(f"{'quick' if args.quick else 'full'} run; starting upstream and railguard")
-            bench.start()
-            phases = (
+
+    def session(procs: Processes, workdir: Path) -> int:
+        bench = Bench(plan, args.generator, procs, workdir)
+        bench.log(f"{'quick' if args.quick else 'full'} run; starting upstream and railguard")
+        bench.start()
+        run_phases(
+            bench.watch,
+            (
                 ("a. latency", bench.latency),
                 ("b. throughput", bench.throughput),
                 ("c. regex", bench.regex),
                 ("d. streaming", bench.streaming),
                 ("e. stream rails", bench.stream_rails),
-            )
-            for name, measure in phases:
-                with bench.watch.phase(name):
-                    measure()
-        except BenchError as exc:
-            print(f"bench: setup failed: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("bench: interrupted", file=sys.stderr)
-            return 130
-        finally:
-            procs.stop()
-    results = bench.results
-    results.meta["mode"] = "quick" if args.quick else "full"
-    results.meta["seconds"] = round(time.monotonic() - started, 1)
-    print()
-    print(
-        f"railguard benchmark ({results.meta['mode']}, {results.meta['seconds']} s); "
-        f"{results.meta['pinning']}"
-    )
-    print(f"throughput generator: {results.meta.get('generator', '-')}")
-    print()
-    print_table(results)
-    print_background(bench.watch, results)
-    if args.json is not None:
-        args.json.write_bytes(
-            orjson.dumps(
-                {"meta": results.meta, "figures": results.figures, "rows": results.rows},
-                option=orjson.OPT_INDENT_2,
-            )
+            ),
         )
-        print(f"\nresults written to {args.json}")
-    return 0
+        report(
+            "railguard benchmark",
+            bench.results,
+            bench.watch,
+            args.quick,
+            started,
+            args.json,
+            [f"throughput generator: {bench.results.meta.get('generator', '-')}"],
+        )
+        return 0
+
+    return run_session("bench", "railguard-bench-", session)
 
 
 if __name__ == "__main__":

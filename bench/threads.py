@@ -32,7 +32,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from run import (
     alternate,
     free_port,
     ms,
+    run_session,
     signed,
     wait_ready,
     warm,
@@ -55,6 +55,9 @@ from run import (
 
 TARGETS = {"memory": 0.5e-3, "redis": 1.5e-3}
 THREAD_ID = "bench-thread-000000000001"
+StoreRow = tuple[
+    str, dict[str, float], dict[str, float], dict[str, float]
+]  # direct, stateless, thread
 QUESTION = "And what about the second town on the list: is it worth a night, or just a day trip?"
 
 
@@ -97,89 +100,91 @@ def main(argv: list[str] | None = None) -> int:
     proxy_cpu, load_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
     if load_cpu is not None:
         os.sched_setaffinity(0, {load_cpu})
-    rows: list[tuple[str, dict[str, float], dict[str, float], dict[str, float]]] = []
-    with tempfile.TemporaryDirectory(prefix="railguard-bench-threads-") as tmp:
-        work = Path(tmp)
-        procs = Processes(work)
-        try:
-            redis_binary = ensure_redis_server()
-            (work / "configs" / "none").mkdir(parents=True)
-            (work / "configs" / "none" / "config.yml").write_text(yaml.safe_dump({"models": []}))
-            up_port = free_port()
-            upstream = procs.start(
-                "upstream",
-                [sys.executable, str(BENCH / "fake_llm.py"), "--port", str(up_port)],
-                load_cpu,
-            )
-            probe = body([{"role": "user", "content": QUESTION}])
-            wait_ready(
-                procs, "upstream", upstream, up_port, build_request(HOST, up_port, CHAT_PATH, probe)
-            )
-            redis_port = free_port()
-            redis = procs.start(
-                "redis",
+
+    def session(procs: Processes, workdir: Path) -> int:
+        rows: list[StoreRow] = []
+        redis_binary = ensure_redis_server()
+        (workdir / "configs" / "none").mkdir(parents=True)
+        (workdir / "configs" / "none" / "config.yml").write_text(yaml.safe_dump({"models": []}))
+        up_port = free_port()
+        upstream = procs.start(
+            "upstream",
+            [sys.executable, str(BENCH / "fake_llm.py"), "--port", str(up_port)],
+            load_cpu,
+        )
+        probe = body([{"role": "user", "content": QUESTION}])
+        wait_ready(
+            procs, "upstream", upstream, up_port, build_request(HOST, up_port, CHAT_PATH, probe)
+        )
+        redis_port = free_port()
+        redis = procs.start(
+            "redis",
+            [
+                *(redis_binary, "--port", str(redis_port), "--bind", HOST),
+                *("--save", "", "--appendonly", "no", "--dir", str(workdir)),
+            ],
+            load_cpu,
+        )
+        stores = {"memory": "memory", "redis": f"redis://{HOST}:{redis_port}/0"}
+        ports = {}
+        for name, store in stores.items():
+            port = ports[name] = free_port()
+            proc = procs.start(
+                f"railguard-{name}",
                 [
-                    *(redis_binary, "--port", str(redis_port), "--bind", HOST),
-                    *("--save", "", "--appendonly", "no", "--dir", str(work)),
+                    *(sys.executable, "-m", "proxy.cli", "serve"),
+                    *("--config", str(workdir / "configs"), "--port", str(port)),
+                    *("--upstream", f"http://{HOST}:{up_port}/v1"),
+                    *("--thread-store", store, "--thread-max-messages", str(args.history)),
+                    *("--log-level", "WARNING"),
                 ],
-                load_cpu,
+                proxy_cpu,
             )
-            stores = {"memory": "memory", "redis": f"redis://{HOST}:{redis_port}/0"}
-            ports = {}
-            for name, store in stores.items():
-                port = ports[name] = free_port()
-                proc = procs.start(
-                    f"railguard-{name}",
-                    [
-                        *(sys.executable, "-m", "proxy.cli", "serve"),
-                        *("--config", str(work / "configs"), "--port", str(port)),
-                        *("--upstream", f"http://{HOST}:{up_port}/v1"),
-                        *("--thread-store", store, "--thread-max-messages", str(args.history)),
-                        *("--log-level", "WARNING"),
-                    ],
-                    proxy_cpu,
-                )
-                health = f"GET /health HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
-                wait_ready(procs, f"railguard-{name}", proc, port, health)
-            if redis.poll() is not None:
-                raise BenchError(f"redis-server exited:\n{procs.log_tail('redis')}")
+            health = f"GET /health HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+            wait_ready(procs, f"railguard-{name}", proc, port, health)
+        if redis.poll() is not None:
+            raise BenchError(f"redis-server exited:\n{procs.log_tail('redis')}")
 
-            new = {"role": "user", "content": f"Turn {args.history // 2}: {QUESTION}"}
-            whole = body([*history(args.history), new])
-            turn = body([new], guardrails={"thread_id": THREAD_ID})
-            check = ANSWER.encode()
-            for name, port in ports.items():
-                print(f"[bench] {name}: {samples} requests each", file=sys.stderr, flush=True)
-                with (
-                    RawClient(HOST, up_port) as up,
-                    RawClient(HOST, port) as rg,
-                    RawClient(HOST, port) as rg_thread,
-                ):
-                    thread_request = build_request(HOST, port, CHAT_PATH, turn)
-                    # fill the thread to its cap, and check the upstream gets it all
-                    for _ in range(args.history // 2 + 1):
-                        rg_thread.send(thread_request)
-                    targets = [
-                        (up, build_request(HOST, up_port, CHAT_PATH, whole), check),
-                        (rg, build_request(HOST, port, CHAT_PATH, whole), check),
-                        (rg_thread, thread_request, check),
-                    ]
-                    warm(targets, warmup)
-                    direct, stateless, thread = alternate(targets, samples, block)
-                rows.append((name, summary(direct), summary(stateless), summary(thread)))
-        except BenchError as exc:
-            print(f"bench: setup failed: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("bench: interrupted", file=sys.stderr)
-            return 130
-        finally:
-            procs.stop()
+        new = {"role": "user", "content": f"Turn {args.history // 2}: {QUESTION}"}
+        whole = body([*history(args.history), new])
+        turn = body([new], guardrails={"thread_id": THREAD_ID})
+        check = ANSWER.encode()
+        for name, port in ports.items():
+            print(f"[bench] {name}: {samples} requests each", file=sys.stderr, flush=True)
+            with (
+                RawClient(HOST, up_port) as up,
+                RawClient(HOST, port) as rg,
+                RawClient(HOST, port) as rg_thread,
+            ):
+                thread_request = build_request(HOST, port, CHAT_PATH, turn)
+                # fill the thread to its cap, and check the upstream gets it all
+                for _ in range(args.history // 2 + 1):
+                    rg_thread.send(thread_request)
+                targets = [
+                    (up, build_request(HOST, up_port, CHAT_PATH, whole), check),
+                    (rg, build_request(HOST, port, CHAT_PATH, whole), check),
+                    (rg_thread, thread_request, check),
+                ]
+                warm(targets, warmup)
+                direct, stateless, thread = alternate(targets, samples, block)
+            rows.append((name, summary(direct), summary(stateless), summary(thread)))
+        report(rows, args.history, samples, proxy_cpu, load_cpu)
+        return 0
 
+    return run_session("bench", "railguard-bench-threads-", session)
+
+
+def report(
+    rows: list[StoreRow],
+    messages: int,
+    samples: int,
+    proxy_cpu: int | None,
+    load_cpu: int | None,
+) -> None:
     pins = "unpinned"
     if proxy_cpu is not None:
         pins = f"railguard on CPU {proxy_cpu}, the rest on CPU {load_cpu}"
-    print(f"\nthread turns, {args.history} messages of history, {samples} requests each; {pins}\n")
+    print(f"\nthread turns, {messages} messages of history, {samples} requests each; {pins}\n")
     header = ("store", "p", "direct", "stateless", "thread turn", "added", "target", "result")
     lines = [header]
     for name, direct, stateless, thread in rows:
@@ -201,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
-    return 0
 
 
 if __name__ == "__main__":

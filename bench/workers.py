@@ -36,13 +36,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 import loadgen
 import orjson
@@ -57,6 +54,8 @@ from run import (
     alternate,
     free_port,
     ms,
+    run_phases,
+    run_session,
     signed,
     wait_ready,
     warm,
@@ -349,58 +348,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     duration, rounds = (1.0, 2) if args.quick else (3.0, 6)
-
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="railguard-bench-workers-") as tmp:
-        procs = Processes(Path(tmp))
-        bench = Bench(Path(tmp), procs, duration, rounds)
-        try:
-            bench.start_upstream(None)
-            phases: list[tuple[str, Callable[[], None]]] = [
+
+    def session(procs: Processes, workdir: Path) -> int:
+        bench = Bench(workdir, procs, duration, rounds)
+        bench.start_upstream(None)
+        run_phases(
+            bench.watch,
+            (
                 ("1. workers", bench.workers),
                 ("2-3. metrics", bench.metrics),
                 ("4. access log", bench.access_log),
-            ]
-            for name, measure in phases:
-                with bench.watch.phase(name):
-                    measure()
-        except BenchError as exc:
-            print(f"bench: setup failed: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("bench: interrupted", file=sys.stderr)
-            return 130
-        finally:
-            procs.stop()
-    seconds = round(time.monotonic() - started, 1)
-    print()
-    print(
-        f"railguard workers/metrics benchmark ({'quick' if args.quick else 'full'}, {seconds} s); "
-        f"{len(bench.all_cpus)} CPUs; generator {bench.generator}; "
-        f"{rounds} round(s) of {duration:g} s per target, median"
-    )
-    print()
-    print_rows(bench.rows)
-    phases_load = ", ".join(f"{p.phase} {p.foreign:.0%}" for p in bench.watch.phases)
-    print(f"\nother processes' CPU (share of one CPU) per phase: {phases_load}")
-    spread = {
-        key: {k: f"{min(v):,.0f}-{max(v):,.0f}" for k, v in value.items()}
-        for key, value in bench.figures.items()
-    }
-    print(f"round spread (req/s): {spread}")
-    if args.json is not None:
-        args.json.write_bytes(
-            orjson.dumps(
-                {"rows": bench.rows, "figures": bench.figures, "seconds": seconds},
-                option=orjson.OPT_INDENT_2,
-            )
+            ),
         )
-    return 0
+        seconds = round(time.monotonic() - started, 1)
+        print()
+        print(
+            f"railguard workers/metrics benchmark ({'quick' if args.quick else 'full'}, "
+            f"{seconds} s); {len(bench.all_cpus)} CPUs; generator {bench.generator}; "
+            f"{rounds} round(s) of {duration:g} s per target, median"
+        )
+        print()
+        print_rows(bench.rows)
+        phases_load = ", ".join(f"{p.phase} {p.foreign:.0%}" for p in bench.watch.phases)
+        print(f"\nother processes' CPU (share of one CPU) per phase: {phases_load}")
+        spread = {
+            key: {k: f"{min(v):,.0f}-{max(v):,.0f}" for k, v in value.items()}
+            for key, value in bench.figures.items()
+        }
+        print(f"round spread (req/s): {spread}")
+        if args.json is not None:
+            args.json.write_bytes(
+                orjson.dumps(
+                    {"rows": bench.rows, "figures": bench.figures, "seconds": seconds},
+                    option=orjson.OPT_INDENT_2,
+                )
+            )
+        return 0
+
+    return run_session("bench", "railguard-bench-workers-", session)
 
 
 if __name__ == "__main__":
