@@ -72,7 +72,7 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     )
     record_info(config_root.configs)
     metrics = MetricsEndpoint(settings.metrics_token)
-    endpoints = Endpoints(store, router, pool, cache)
+    endpoints = Endpoints(store, router, pool, cache, settings.log_content)
     p = settings.normalized_prefix
     app.router.add_post(f"{p}/v1/chat/completions", chat.handle)
     app.router.add_post(f"{p}/v1/checks", endpoints.checks)

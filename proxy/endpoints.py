@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from metrics import REQUESTS
+from proxy.access import ACCESS_LOG, Trace, log_request, request_id
 from proxy.chat import outcome, start_turn
 from proxy.configs import ConfigStore
-from proxy.errors import JSON, ApiError
+from proxy.errors import JSON, ApiError, api_error_response
 from proxy.request import parse_chat
 from rails.check_cache import CheckCache
 from upstream import Router, Upstream, UpstreamError, UpstreamPool
@@ -37,8 +40,10 @@ class Endpoints:
         router: Router,
         pool: UpstreamPool,
         cache: CheckCache | None = None,
+        log_content: bool = False,
     ) -> None:
         self.store = store
+        self.log_content = log_content
         self.router = router
         self.pool = pool
         self.cache = cache
@@ -89,13 +94,40 @@ class Endpoints:
 
     async def checks(self, request: web.Request) -> web.Response:
         """Rails only, no main call: input rails on the user turn, output rails on a
-        trailing assistant message. `model` is optional here."""
-        chat = parse_chat(await request.read(), model_required=False)
-        guardrails = self.store.resolve(chat.guardrails.config_id, chat.guardrails.config_ids)
-        turn = start_turn(request, chat, guardrails, self.pool, self.router, self.cache)
-        await turn.check_input()
-        content = await turn.answer_without_model()
-        REQUESTS.labels("checks", guardrails.id, "none", "false", outcome(turn)).inc()
-        return json_response(
-            {"status": turn.check_status, "content": content, "rail": turn.blocked_by}
-        )
+        trailing assistant message. `model` is optional here. Counted and logged like a
+        chat request (route `checks`)."""
+        trace = Trace(request_id(request), time.perf_counter())
+        config_id, result, status = "none", "client_error", 500
+        try:
+            chat = parse_chat(await request.read(), model_required=False)
+            guardrails = self.store.resolve(chat.guardrails.config_id, chat.guardrails.config_ids)
+            config_id = guardrails.id
+            turn = trace.turn = start_turn(
+                request, chat, guardrails, self.pool, self.router, self.cache
+            )
+            started = time.perf_counter()
+            await turn.check_input()
+            trace.input_rails = time.perf_counter() - started
+            content = await turn.answer_without_model()
+            trace.output_rails = turn.output.duration if turn.output else 0.0
+            result, status = outcome(turn), 200
+            response = json_response(
+                {"status": turn.check_status, "content": content, "rail": turn.blocked_by}
+            )
+        except ApiError as exc:
+            status, trace.error = exc.status, exc.code
+            response = api_error_response(exc)
+        finally:
+            REQUESTS.labels("checks", config_id, "none", "false", result).inc()
+            if ACCESS_LOG.isEnabledFor(logging.INFO):
+                log_request(
+                    trace,
+                    route="checks",
+                    config_id=config_id,
+                    outcome=result,
+                    status=status,
+                    ended=time.perf_counter(),
+                    content=self.log_content,
+                )
+        trace.stamp(response)
+        return response

@@ -366,3 +366,42 @@ async def test_log_content_adds_the_text_but_never_the_headers(
     (line,) = access_lines(caplog)
     assert line["content"] == {"user": "hello there", "answer": "echo: hello there"}
     assert SECRET_AUTH.split()[1] not in caplog.text
+
+
+async def test_checks_are_counted_and_logged_like_chat_requests(
+    start_railguard: StartRailguard,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="railguard.access")
+    base = await start_railguard(CONFIGS)
+    before = await scrape(http, f"{base}/metrics")
+    checks = f"{base}/v1/checks"
+    blocked_body = {"messages": [{"role": "user", "content": f"the secret {SECRET_KEY}"}]}
+    async with http.post(
+        checks,
+        json={**blocked_body, "guardrails": {"config_id": "regex"}},
+        headers={"x-request-id": "check-1"},
+    ) as response:
+        assert response.status == 200 and response.headers["x-request-id"] == "check-1"
+        assert (await response.json())["status"] == "blocked"
+        assert response.headers["x-railguard-rails"] == "regex check input"
+    async with http.post(checks, json={**blocked_body, "guardrails": {"config_id": "nope"}}) as bad:
+        assert bad.status == 422 and bad.headers["x-request-id"]
+    after = await scrape(http, f"{base}/metrics")
+    labels = {"route": "checks", "config_id": "regex", "outcome": "blocked_input"}
+    assert delta(before, after, "railguard_requests_total", **labels) == 1
+    assert delta(before, after, "railguard_requests_total", route="checks") == 2
+    blocked, invalid = access_lines(caplog)
+    assert (blocked["route"], blocked["request_id"], blocked["status"]) == (
+        "checks",
+        "check-1",
+        200,
+    )
+    assert blocked["outcome"] == "blocked_input" and blocked["rails"][0]["verdict"] == "block"
+    assert (invalid["status"], invalid["outcome"], invalid["route"]) == (
+        422,
+        "client_error",
+        "checks",
+    )
+    assert SECRET_KEY not in caplog.text + "".join(r.getMessage() for r in caplog.records)
