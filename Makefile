@@ -20,9 +20,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# Debian packages the tests use: Chromium (the chat page's browser tests) and redis-server
-# (the thread store's tests start their own). Installed when missing (root, as in CI).
-SYSTEM_PACKAGES := chromium redis-server
+# Debian packages the tests use: Chromium (the chat page's browser tests), redis-server
+# (the thread store's tests start their own) and openssl (certificates for a TLS Redis).
+# Installed when missing (root, as in CI).
+SYSTEM_PACKAGES := chromium redis-server openssl
 system-packages:
 	@missing=""; for cmd in $(SYSTEM_PACKAGES); do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && \

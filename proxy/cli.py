@@ -104,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
         help="messages kept per thread or state; the oldest go first",
     )
     serve.add_argument(
+        "--thread-store-ca-file",
+        default=os.environ.get("RAILGUARD_REDIS_CA_FILE") or None,
+        help="CA certificates (PEM) that sign a rediss:// Redis's certificate, when the "
+        "system's don't",
+    )
+    serve.add_argument(
         "--thread-store-timeout",
         type=float,
         default=1.0,
@@ -183,6 +189,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         thread_store_timeout=args.thread_store_timeout,
         thread_memory_max_bytes=args.thread_memory_max_bytes,
         redis_password=os.environ.get("RAILGUARD_REDIS_PASSWORD") or None,
+        redis_ca_file=args.thread_store_ca_file,
         state_secret=os.environ.get("RAILGUARD_STATE_SECRET") or None,
         metrics_port=args.metrics_port,
         metrics_token=args.metrics_token or None,

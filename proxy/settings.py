@@ -48,6 +48,7 @@ class Settings:
     thread_store_timeout: float = 1.0
     thread_memory_max_bytes: int = 256 * 1024 * 1024
     redis_password: str | None = field(default=None, repr=False)  # RAILGUARD_REDIS_PASSWORD
+    redis_ca_file: str | None = None  # CA certificates for rediss:// (RAILGUARD_REDIS_CA_FILE)
     state_secret: str | None = field(default=None, repr=False)  # RAILGUARD_STATE_SECRET
     metrics_port: int | None = None  # serve /metrics there instead of on the main port
     metrics_token: str | None = field(default=None, repr=False)  # RAILGUARD_METRICS_TOKEN

@@ -28,8 +28,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate it signs for 127.0.0.1, with openssl: (CA, cert, key)."""
+    ca, ca_key = folder / "ca.crt", folder / "ca.key"
+    cert, key, request = folder / "server.crt", folder / "server.key", folder / "server.csr"
+    extensions = folder / "san.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca_subject = ["-subj", "/CN=railguard test CA"]
+    sign = ["-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-extfile", extensions]
+    for command in (
+        ["req", "-x509", *curve, "-keyout", ca_key, "-out", ca, "-days", "2", *ca_subject],
+        ["req", *curve, "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", request, *sign, "-out", cert, "-days", "2"],
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+    return ca, cert, key
+
+
 class RedisServer:
-    def __init__(self, folder: Path, password: str | None = None) -> None:
+    def __init__(self, folder: Path, password: str | None = None, tls: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(INSTALL_HINT)
@@ -39,11 +57,27 @@ class RedisServer:
         self.password = password
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        # With `tls`, Redis also listens with TLS on `tls_port`; its CA is `ca_file`.
+        self.tls_port = free_port() if tls else None
+        self.ca_file: Path | None = None
+        self._tls_args: list[str] = []
+        if tls:
+            self.ca_file, cert, key = make_certificates(self.folder)
+            self._tls_args = [
+                *("--tls-port", str(self.tls_port), "--tls-auth-clients", "no"),
+                *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+                *("--tls-ca-cert-file", str(self.ca_file)),
+            ]
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def tls_url(self) -> str:
+        assert self.tls_port is not None
+        return f"rediss://127.0.0.1:{self.tls_port}/0"
 
     def start(self) -> None:
         command = [
@@ -65,6 +99,7 @@ class RedisServer:
         ]
         if self.password:
             command += ["--requirepass", self.password]
+        command += self._tls_args
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -267,6 +267,37 @@ async def test_redis_password_from_the_url_or_the_environment(
     assert password not in caplog.text
 
 
+async def test_a_tls_redis_with_its_ca_file(
+    start_railguard: StartRailguard,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis-tls", tls=True)
+    server.start()
+    try:
+        trusted = await start_railguard(
+            CONFIGS, thread_store=server.tls_url, redis_ca_file=str(server.ca_file)
+        )
+        untrusted = await start_railguard(CONFIGS, thread_store=server.tls_url)
+        assert (await post(http, trusted, "over tls"))[0] == 200
+        assert (await post(http, trusted, "still there?"))[0] == 200
+        assert seen(fake_upstream) == ["over tls", "echo: over tls", "still there?"]
+        status, data = await post(http, untrusted, "no CA")  # the system's CAs don't know it
+        assert status == 503, data
+        assert data["error"]["code"] == "thread_store_unavailable"
+    finally:
+        server.stop()
+
+
+def test_a_ca_file_needs_a_tls_thread_store() -> None:
+    from proxy.settings import Settings
+    from proxy.threads.factory import build_store
+
+    with pytest.raises(ValueError, match="rediss://"):
+        build_store(Settings(thread_store="redis://127.0.0.1:6379/0", redis_ca_file="ca.pem"))
+
+
 # --- the command line ------------------------------------------------------------------
 
 
@@ -276,7 +307,9 @@ def test_thread_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAILGUARD_THREAD_STORE", "redis://cache:6379/2")
     monkeypatch.setenv("RAILGUARD_REDIS_PASSWORD", "pw-from-env")
     monkeypatch.setenv("RAILGUARD_STATE_SECRET", "s3")
+    monkeypatch.setenv("RAILGUARD_REDIS_CA_FILE", "/etc/redis-ca.pem")
     settings = settings_from_args(_parser().parse_args(["serve"]))
+    assert settings.redis_ca_file == "/etc/redis-ca.pem"
     assert settings.thread_store == "redis://cache:6379/2"
     assert settings.redis_password == "pw-from-env"
     assert settings.state_secret == "s3"

@@ -26,8 +26,16 @@ def build_store(settings: Settings) -> ThreadStore | None:
         return None
     if spec == "memory":
         return MemoryStore(limits, settings.thread_memory_max_bytes)
+    if settings.redis_ca_file and not spec.startswith("rediss://"):
+        raise ValueError("--thread-store-ca-file is for a rediss:// (TLS) thread store")
     if spec.startswith(REDIS_SCHEMES):
-        return RedisStore(spec, limits, settings.thread_store_timeout, settings.redis_password)
+        return RedisStore(
+            spec,
+            limits,
+            settings.thread_store_timeout,
+            settings.redis_password,
+            settings.redis_ca_file,
+        )
     shown = spec.split("://", 1)[0] + "://..." if "://" in spec else spec
     raise ValueError(
         f"--thread-store {shown!r} names no store: use memory, none, or a redis://, "

@@ -87,11 +87,14 @@ class RedisStore(ThreadStore):
         limits: ThreadLimits,
         timeout: float = 1.0,
         password: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
         super().__init__(limits)
         self.url = url
         self.timeout = timeout
         extra: dict[str, Any] = {"password": password} if password else {}
+        if ca_file:  # rediss:// with a private CA; without it, the system's CAs
+            extra["ssl_ca_certs"] = ca_file
         # A password in the URL wins over the one from the environment.
         self.client: Redis = Redis.from_url(
             url,
