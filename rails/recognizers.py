@@ -13,7 +13,8 @@ Choices a reader may look for:
   national ones start with a trunk `0`, have 10 or 11 digits and a separator. A bare
   digit run without `+` is not a phone number: it is too often an id or an amount.
 - IP_ADDRESS: a dotted quad of octets 0-255 is an address even when it reads like a
-  version (`1.2.3.4`); `v1.2.3.4`, `1.2.3.4.5` and `999.1.1.1` are not. IPv6 is whatever
+  version (`1.2.3.4`); `v1.2.3.4`, `release-1.2.3.4`, `1.2.3.4.5` and `999.1.1.1` are
+  not, and a range `10.0.0.1-10.0.0.9` holds two. IPv6 is whatever
   `ipaddress` accepts, standing alone (so `std::vector` is not one).
 - URL: needs a scheme (`https://`, `ftp://`, `ws://`...) or `www.`; bare domains such as
   `config.yml` are not URLs.
@@ -216,9 +217,21 @@ def _iban(text: str, start: int, end: int) -> Span | None:
 
 
 def _ipv4(text: str, start: int, end: int) -> Span | None:
+    """A quad of octets standing alone; a range (`10.0.0.1-10.0.0.9`) holds two, a version
+    tag (`release-2.4.1.0`, `v1.2.3.4`) none."""
     if any(int(octet) > 255 for octet in text[start:end].split(".")):
         return None
-    return _standalone(text, start, end)
+    before = text[start - 1] if start > 0 else " "
+    after = text[end] if end < len(text) else " "
+    if before.isalnum() or before == "_" or after.isalnum() or after == "_":
+        return None
+    if before in ".-" and start >= 2 and text[start - 2].isalpha():
+        return None
+    if before == "." and start >= 2 and text[start - 2].isdigit():
+        return None
+    if after == "." and end + 1 < len(text) and text[end + 1].isdigit():
+        return None
+    return start, end
 
 
 def _ipv6(text: str, start: int, end: int) -> Span | None:

@@ -115,6 +115,7 @@ FINDS = [
     ("IP_ADDRESS", "dns 8.8.8.8.", "8.8.8.8"),
     ("IP_ADDRESS", "bind 0.0.0.0", "0.0.0.0"),
     ("IP_ADDRESS", "release 1.2.3.4", "1.2.3.4"),  # a valid quad is an address
+    ("IP_ADDRESS", "ip=10.1.2.3,", "10.1.2.3"),
     ("IP_ADDRESS", "v6 2001:db8:85a3::8a2e:370:7334.", "2001:db8:85a3::8a2e:370:7334"),
     (
         "IP_ADDRESS",
@@ -215,6 +216,8 @@ MISSES = [
     ("IP_ADDRESS", "256.1.1.1"),
     ("IP_ADDRESS", "1.2.3.4.5"),
     ("IP_ADDRESS", "v1.2.3.4"),
+    ("IP_ADDRESS", "see release-2.4.1.0 notes"),
+    ("IP_ADDRESS", "build.1.2.3.4 done"),
     ("IP_ADDRESS", "version 1.2.3"),
     ("IP_ADDRESS", "std::vector<int>"),
     ("IP_ADDRESS", "at 12:30:45"),
@@ -253,6 +256,10 @@ MISSES = [
 @pytest.mark.parametrize(("entity", "text", "expected"), FINDS)
 def test_recognizer_finds(entity: str, text: str, expected: str) -> None:
     assert found(entity, text) == [expected]
+
+
+def test_a_range_of_addresses_holds_two() -> None:
+    assert found("IP_ADDRESS", "allow 10.0.0.1-10.0.0.9 only") == ["10.0.0.1", "10.0.0.9"]
 
 
 @pytest.mark.parametrize(("entity", "text"), MISSES)
