@@ -35,9 +35,11 @@ class RegexCheck:
         return Verdict(Action.BLOCK, reason=f"matched pattern {self._patterns[min(matched)]!r}")
 
 
-def _reason(exc: Exception) -> str:
+def re2_error_message(exc: Exception) -> str:
+    """A config author's message for a pattern RE2 refused (its own detail, as text)."""
     detail = exc.args[0] if exc.args else exc
-    return detail.decode() if isinstance(detail, bytes) else str(detail)
+    text = detail.decode() if isinstance(detail, bytes) else str(detail)
+    return f"invalid regular expression (RE2 syntax, no look-around or back-references): {text}"
 
 
 def build(config: RailsConfig, name: str, stage: Stage, params: Mapping[str, str]) -> RegexCheck:
@@ -59,8 +61,7 @@ def build(config: RailsConfig, name: str, stage: Stage, params: Mapping[str, str
             matcher.Add(pattern)
         except re2.error as exc:
             raise ConfigError(
-                f"invalid regular expression (RE2 syntax, no look-around or "
-                f"back-references): {_reason(exc)}",
+                re2_error_message(exc),
                 file=file,
                 key=f"{key}.patterns[{index}]",
             ) from exc

@@ -27,6 +27,7 @@ import re2
 
 from rails.base import ALLOW, Action, CheckContext, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
+from rails.library.regex_check import re2_error_message
 from rails.recognizers import (
     BUILTIN,
     Recognizer,
@@ -117,12 +118,6 @@ def _unknown_keys(
             )
 
 
-def _regex_error(exc: re2.error) -> str:
-    detail = exc.args[0] if exc.args else exc
-    text = detail.decode() if isinstance(detail, bytes) else str(detail)
-    return f"invalid regular expression (RE2 syntax, no look-around or back-references): {text}"
-
-
 def read_custom(raw: Any, file: str | None) -> list[Recognizer]:
     """`recognizers`: Presidio's no-code format, the parts railguard runs."""
     key = f"{SECTION}.recognizers"
@@ -151,7 +146,9 @@ def read_custom(raw: Any, file: str | None) -> list[Recognizer]:
             try:
                 recognizers.append(pattern_recognizer(entity, regex))
             except re2.error as exc:
-                raise ConfigError(_regex_error(exc), file=file, key=f"{pattern_key}.regex") from exc
+                raise ConfigError(
+                    re2_error_message(exc), file=file, key=f"{pattern_key}.regex"
+                ) from exc
         if deny_list:
             recognizers.append(deny_list_recognizer(entity, deny_list))
     return recognizers
