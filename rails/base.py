@@ -26,15 +26,28 @@ class Action(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What a rail decided. `text` is the new text of a rewrite; `reason` is for logs only."""
+    """What a rail decided. `text` is the new text of a rewrite; `reason` is for logs only;
+    `value` is what NeMo's action for the rail returns (`executed_actions[].return_value`
+    in the log), in NeMo's shape, so a client reading NeMo's log reads ours."""
 
     action: Action
     text: str | None = None
     reason: str | None = None
     failed: bool = False  # the rail errored or timed out: its on_error policy decided
+    value: Any = None
 
 
 ALLOW = Verdict(Action.ALLOW)
+
+# How NeMo's flows pass the checked text to their actions: a reference to the context
+# variable holding it, which NeMo's log shows unevaluated.
+_TEXT_REFS = {Stage.INPUT: "$user_message", Stage.OUTPUT: "$bot_message"}
+
+
+def text_params(stage: Stage) -> dict[str, str]:
+    """`{"source": "input", "text": "$user_message"}`: the parameters of NeMo's actions
+    called on a stage's text (`detect_sensitive_data(source="input", text=$user_message)`)."""
+    return {"source": stage.value, "text": _TEXT_REFS.get(stage, f"${stage.value}")}
 
 
 @dataclass(slots=True)
@@ -60,11 +73,18 @@ class CheckContext:
 class Rail(Protocol):
     """One check. Local rails return fast; model-backed ones set `uses_model` so the
     engine gives them a deadline; rails that may rewrite set `rewrites`, so a stream
-    never sends text they could still change."""
+    never sends text they could still change.
+
+    `action_name` and `action_params` are the NeMo action the rail's flow executes and
+    the parameters NeMo's flow passes it, as written there (`$user_message` stays a
+    reference): the log's `executed_actions` entry of each check.
+    """
 
     name: str
     stage: Stage
     uses_model: bool
     rewrites: bool
+    action_name: str
+    action_params: Mapping[str, Any]
 
     async def check(self, text: str, ctx: CheckContext) -> Verdict: ...

@@ -16,7 +16,7 @@ from typing import Any
 from metrics import RAIL_CHECKS, RAIL_DURATION, RAIL_ERRORS, batched
 from rails.base import Action, CheckContext, Rail, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
-from rails.model_caller import ModelTarget, model_targets
+from rails.model_caller import ModelTarget, action_calls, model_targets
 from rails.registry import build_rail, split_flow
 from upstream.errors import (
     UpstreamBadResponse,
@@ -63,13 +63,15 @@ class RailRunner:
         started = time.time()
         t0 = time.perf_counter()
         outcome: str
+        calls: list[dict[str, Any]] = []
         try:
             if self.rail.uses_model:
                 timeout = self.timeout
                 if deadline is not None:
                     timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-                async with asyncio.timeout(timeout):
-                    verdict = await self.rail.check(text, ctx)
+                with action_calls() as calls:
+                    async with asyncio.timeout(timeout):
+                        verdict = await self.rail.check(text, ctx)
             else:
                 verdict = await self.rail.check(text, ctx)
             outcome = {Action.ALLOW: "pass", Action.BLOCK: "block", Action.REWRITE: "modify"}[
@@ -94,15 +96,25 @@ class RailRunner:
         duration = time.perf_counter() - t0
         self._verdicts[outcome].inc()
         self._duration.observe(duration)
+        finished = started + duration
+        executed = {
+            "action_name": self.rail.action_name,
+            "action_params": dict(self.rail.action_params),
+            "return_value": verdict.value,
+            "llm_calls": calls,
+            "started_at": started,
+            "finished_at": finished,
+            "duration": duration,
+        }
         entry = {
             "type": self.rail.stage.value,
             "name": self.rail.name,
             "decisions": [decision],
-            "executed_actions": [],
+            "executed_actions": [executed],
             "stop": verdict.action is Action.BLOCK,
             "additional_info": {"reason": verdict.reason} if verdict.reason else None,
             "started_at": started,
-            "finished_at": started + duration,
+            "finished_at": finished,
             "duration": duration,
         }
         return verdict, entry

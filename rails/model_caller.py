@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,6 +43,25 @@ def model_targets(config: RailsConfig) -> dict[str, ModelTarget]:
             )
         targets[spec.type] = ModelTarget(spec.model, upstream)
     return targets
+
+
+# The calls of the rail check running in this task (parallel rails run in their own
+# tasks, so each sees its own list): its `executed_actions[].llm_calls`.
+_ACTION_CALLS: ContextVar[list[dict[str, Any]] | None] = ContextVar(
+    "railguard_action_calls", default=None
+)
+
+
+@contextmanager
+def action_calls() -> Iterator[list[dict[str, Any]]]:
+    """Collects the model calls made inside the block (the same records as
+    `ModelCaller.calls`)."""
+    calls: list[dict[str, Any]] = []
+    token = _ACTION_CALLS.set(calls)
+    try:
+        yield calls
+    finally:
+        _ACTION_CALLS.reset(token)
 
 
 CONNECT_RETRIES = 2  # only for connections that could not be made: nothing was sent
@@ -161,18 +182,20 @@ class ModelCaller:
         from_cache: bool = False,
     ) -> None:
         usage = usage or {}
-        self.calls.append(
-            {
-                "task": task,
-                "llm_model_name": model,
-                "prompt": prompt,
-                "completion": completion,
-                "started_at": started,
-                "finished_at": started + duration,
-                "duration": duration,
-                "prompt_tokens": None if from_cache else usage.get("prompt_tokens"),
-                "completion_tokens": None if from_cache else usage.get("completion_tokens"),
-                "total_tokens": None if from_cache else usage.get("total_tokens"),
-                "from_cache": from_cache,
-            }
-        )
+        record: dict[str, Any] = {
+            "task": task,
+            "llm_model_name": model,
+            "prompt": prompt,
+            "completion": completion,
+            "started_at": started,
+            "finished_at": started + duration,
+            "duration": duration,
+            "prompt_tokens": None if from_cache else usage.get("prompt_tokens"),
+            "completion_tokens": None if from_cache else usage.get("completion_tokens"),
+            "total_tokens": None if from_cache else usage.get("total_tokens"),
+            "from_cache": from_cache,
+        }
+        self.calls.append(record)
+        action = _ACTION_CALLS.get()
+        if action is not None:
+            action.append(record)

@@ -28,6 +28,8 @@ class FakeRail:
         self.stage = Stage.INPUT
         self.uses_model = True
         self.rewrites = verdict.action is Action.REWRITE
+        self.action_name = "fake"
+        self.action_params: dict[str, str] = {}
         self.verdict = verdict
         self.delay = delay
         self.error = error

@@ -267,6 +267,8 @@ class Redact:
 
     uses_model = False
     rewrites = True
+    action_name = "redact"
+    action_params: dict[str, str] = {}
 
     def __init__(self, name: str, stage: Stage) -> None:
         self.name = name

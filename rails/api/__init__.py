@@ -3,6 +3,7 @@
 from rails.api.llm_rails import LLMRails
 from rails.api.response import (
     ActivatedRail,
+    ExecutedAction,
     GenerationLog,
     GenerationResponse,
     GenerationStats,
@@ -13,6 +14,7 @@ from rails.api.response import (
 
 __all__ = [
     "ActivatedRail",
+    "ExecutedAction",
     "GenerationLog",
     "GenerationResponse",
     "GenerationStats",

@@ -17,18 +17,6 @@ class _Shape(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class ActivatedRail(_Shape):
-    type: str
-    name: str
-    decisions: list[str] = []
-    executed_actions: list[Any] = []
-    stop: bool = False
-    additional_info: dict[str, Any] | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    duration: float | None = None
-
-
 class LLMCallInfo(_Shape):
     task: str | None = None
     llm_model_name: str | None = None
@@ -40,6 +28,30 @@ class LLMCallInfo(_Shape):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+
+
+class ExecutedAction(_Shape):
+    """The NeMo action a rail's check ran: its parameters, what it returned, its calls."""
+
+    action_name: str
+    action_params: dict[str, Any] = {}
+    return_value: Any = None
+    llm_calls: list[LLMCallInfo] = []
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+
+
+class ActivatedRail(_Shape):
+    type: str
+    name: str
+    decisions: list[str] = []
+    executed_actions: list[ExecutedAction] = []
+    stop: bool = False
+    additional_info: dict[str, Any] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
 
 
 class GenerationStats(_Shape):

@@ -9,7 +9,9 @@ prompt in the config, railguard's default asks for NemoGuard's JSON.
 Where NeMo differs: a prompt without a known `output_parser` is a start-up error (NeMo
 would then read any answer as a pass), and an answer no parser can read blocks.
 
-`SafetyModelCheck` here is the shared engine of the model-backed safety rails.
+`SafetyModelCheck` here is the shared engine of the model-backed safety rails. In the
+log, the action is NeMo's (`content_safety_check_input`, ...: no parameters, since NeMo's
+flows pass none), returning `{"allowed": bool, "policy_violations": [categories]}`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rails.base import ALLOW, Action, CheckContext, Stage, Verdict
+from rails.base import Action, CheckContext, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
 from rails.library.safety_parsers import CONTENT_SAFETY_PARSERS, Parser, UnreadableAnswer
 from rails.prompts import CompiledPrompt, compile_prompt
@@ -40,9 +42,13 @@ class SafetyModelCheck:
         model_type: str,
         temperature: float,
         variables: Mapping[str, Any] | None = None,
+        action_name: str | None = None,
     ) -> None:
         self.name = name
         self.stage = stage
+        # NeMo's action is the task without its `$model=` part
+        self.action_name = action_name or prompt.task.partition(" ")[0]
+        self.action_params: Mapping[str, Any] = {}
         self._prompt = prompt
         self._parser = parser
         self._model_type = model_type
@@ -75,12 +81,19 @@ class SafetyModelCheck:
             verdict = self._parser(reply.text)
         except UnreadableAnswer as exc:
             quoted = reply.text.strip()[:_QUOTED_ANSWER]
-            return Verdict(Action.BLOCK, reason=f"unreadable answer, {exc}: {quoted!r}")
+            reason = f"unreadable answer, {exc}: {quoted!r}"
+            return Verdict(Action.BLOCK, reason=reason, value=self.returned(False, ()))
+        categories = tuple(verdict.categories)
         if verdict.safe:
-            return ALLOW
-        if not verdict.categories:
-            return Verdict(Action.BLOCK, reason="unsafe (no categories given)")
-        return Verdict(Action.BLOCK, reason=f"unsafe: {', '.join(verdict.categories)}")
+            return Verdict(Action.ALLOW, value=self.returned(True, categories))
+        value = self.returned(False, categories)
+        if not categories:
+            return Verdict(Action.BLOCK, reason="unsafe (no categories given)", value=value)
+        return Verdict(Action.BLOCK, reason=f"unsafe: {', '.join(categories)}", value=value)
+
+    def returned(self, safe: bool, categories: tuple[str, ...]) -> Any:
+        """What NeMo's action returns for this verdict (the log's `return_value`)."""
+        return {"allowed": safe, "policy_violations": list(categories)}
 
 
 def flow_key(config: RailsConfig, name: str, stage: Stage) -> str:

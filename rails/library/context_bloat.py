@@ -21,6 +21,10 @@ NeMo's rail (`nemoguardrails.library.context_bloat_detection`), with its setting
 This rail sees every request, so each measure runs in C rather than in a Python loop per
 character: the entropy on a numpy histogram (of at most 10,000 characters, NeMo's sample),
 runs by string searches over blocks, repetition on a set of word n-grams.
+
+In the log, the action is NeMo's `context_bloat_detection(source="input",
+text=$user_message)`, returning `{"is_bloat": bool, "action": ..., "reason": ...}`
+(NeMo's result without the text and metrics).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from rails.base import ALLOW, Action, CheckContext, Stage, Verdict
+from rails.base import Action, CheckContext, Stage, Verdict, text_params
 from rails.config import ConfigError, RailsConfig
 
 log = logging.getLogger("railguard.rails")
@@ -132,10 +136,12 @@ def repetition_ratio(text: str, size: int) -> float:
 
 class ContextBloat:
     uses_model = False
+    action_name = "context_bloat_detection"
 
     def __init__(self, name: str, stage: Stage, settings: BloatSettings) -> None:
         self.name = name
         self.stage = stage
+        self.action_params = text_params(stage)
         self.settings = settings
         self.rewrites = settings.action == "truncate"
         self._shape_checks: tuple[Callable[[str], str | None], ...] = (
@@ -152,7 +158,7 @@ class ContextBloat:
         if size > settings.max_chars:
             finding = f"size_cap_exceeded: {size} chars > max_chars {settings.max_chars}"
             if settings.action == "reject":
-                return Verdict(Action.BLOCK, reason=finding)
+                return Verdict(Action.BLOCK, reason=finding, value=self._returned(finding))
             if settings.action == "truncate":
                 text, truncated = text[: settings.max_chars], True
             findings.append(finding)
@@ -162,14 +168,19 @@ class ContextBloat:
                 if crossed is None:
                     continue
                 if settings.action != "warn":
-                    return Verdict(Action.BLOCK, reason=crossed)
+                    return Verdict(Action.BLOCK, reason=crossed, value=self._returned(crossed))
                 findings.append(crossed)
         if truncated:
-            return Verdict(Action.REWRITE, text=text, reason=f"{findings[0]}; truncated")
+            reason = f"{findings[0]}; truncated"
+            return Verdict(Action.REWRITE, text=text, reason=reason, value=self._returned(reason))
         if findings:
-            log.warning("%s (action: warn): %s", self.name, "; ".join(findings))
-            return Verdict(Action.ALLOW, reason="warn: " + "; ".join(findings))
-        return ALLOW
+            found = "; ".join(findings)
+            log.warning("%s (action: warn): %s", self.name, found)
+            return Verdict(Action.ALLOW, reason="warn: " + found, value=self._returned(found))
+        return Verdict(Action.ALLOW, value=self._returned(None))
+
+    def _returned(self, reason: str | None) -> dict[str, Any]:
+        return {"is_bloat": reason is not None, "action": self.settings.action, "reason": reason}
 
     def _entropy(self, text: str) -> str | None:
         entropy = shannon_entropy(text)

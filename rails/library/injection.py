@@ -28,6 +28,10 @@ pair (`{{ name }}`, `${HOME}`): they are what a downstream interpreter would run
 `yara_path` and `yara_rules` (custom YARA rules) are a start-up error when set: a rule
 railguard silently ignored would be a hole; use `regex check output` for custom patterns
 instead. An unknown setting is an error too, so a typo can't disable a check.
+
+In the log, the action is NeMo's `injection_detection(text=$bot_message)`, returning
+`{"is_injection": bool, "detections": [types], "action": ...}` (NeMo's result without
+the text).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import Any
 
 import re2
 
-from rails.base import ALLOW, Action, CheckContext, Stage, Verdict
+from rails.base import Action, CheckContext, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
 
 SECTION = "rails.config.injection_detection"
@@ -166,10 +170,12 @@ SANITIZERS: dict[str, Callable[[str], str]] = {
 
 class InjectionDetection:
     uses_model = False
+    action_name = "injection_detection"
 
     def __init__(self, name: str, stage: Stage, kinds: tuple[str, ...], action: str) -> None:
         self.name = name
         self.stage = stage
+        self.action_params = {"text": "$bot_message"}
         self.action = action
         self.rewrites = action != "reject"
         self._patterns = [(kind, p) for kind in kinds for p in PATTERNS[kind]]
@@ -185,21 +191,27 @@ class InjectionDetection:
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
         matched = self._any.Match(text)
         if not matched:
-            return ALLOW
+            return Verdict(Action.ALLOW, value=self._returned([]))
         found = sorted({self._patterns[i][0] for i in matched}, key=KINDS.index)
         reason = f"{', '.join(found)} injection"
+        value = self._returned(found)
         if self.action == "reject":
-            return Verdict(Action.BLOCK, reason=reason)
+            return Verdict(Action.BLOCK, reason=reason, value=value)
         spans = self._spans(text, matched)
         if spans is None:
-            return Verdict(Action.BLOCK, reason=f"{reason}: over {MAX_SPANS} spans to rewrite")
+            reason = f"{reason}: over {MAX_SPANS} spans to rewrite"
+            return Verdict(Action.BLOCK, reason=reason, value=value)
         if self.action == "sanitize":
             rewritten = _rebuild(text, spans, _sanitized)
         else:
             rewritten = _rebuild(text, spans, lambda span, kinds: "")
         if self._any.Match(rewritten):  # the text around a span closed up into a new payload
-            return Verdict(Action.BLOCK, reason=f"{reason}: the text after {self.action} has more")
-        return Verdict(Action.REWRITE, text=rewritten, reason=reason)
+            reason = f"{reason}: the text after {self.action} has more"
+            return Verdict(Action.BLOCK, reason=reason, value=value)
+        return Verdict(Action.REWRITE, text=rewritten, reason=reason, value=value)
+
+    def _returned(self, found: list[str]) -> dict[str, Any]:
+        return {"is_injection": bool(found), "detections": found, "action": self.action}
 
     def _spans(self, text: str, matched: list[int]) -> list[Span] | None:
         """Every match of the matched patterns, overlapping ones merged, with their types;

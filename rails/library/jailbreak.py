@@ -60,6 +60,9 @@ class JailbreakCheck:
         self.stage = stage
         self._task = task  # the task name of the call in `log.llm_calls`
         self._service = service
+        # NeMo's action (no parameters); it returns whether the text is a jailbreak
+        self.action_name = task
+        self.action_params: Mapping[str, Any] = {}
 
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
         if ctx.caller is None:
@@ -75,8 +78,9 @@ class JailbreakCheck:
             )
         details = describe(answer)
         if not jailbreak:
-            return Verdict(Action.ALLOW, reason=details or None)
-        return Verdict(Action.BLOCK, reason=f"jailbreak ({details})" if details else "jailbreak")
+            return Verdict(Action.ALLOW, reason=details or None, value=False)
+        reason = f"jailbreak ({details})" if details else "jailbreak"
+        return Verdict(Action.BLOCK, reason=reason, value=True)
 
 
 def describe(answer: Mapping[str, Any]) -> str:

@@ -5,6 +5,10 @@ Settings are NeMo's: `rails.config.regex_detection.{input,output}` with `pattern
 pattern a config author writes can hang the server on a crafted input, and all of a
 section's patterns are matched in one pass. RE2 has no look-around or back-references;
 a pattern that uses them is a start-up error naming it.
+
+In the log, the action is NeMo's `detect_regex_pattern(source=..., text=$user_message)`
+returning `{"is_match": bool, "detections": [matched patterns]}` (NeMo's result without
+the checked text).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import re2
 
-from rails.base import ALLOW, Action, CheckContext, Stage, Verdict
+from rails.base import Action, CheckContext, Stage, Verdict, text_params
 from rails.config import ConfigError, RailsConfig
 
 
@@ -25,14 +29,21 @@ class RegexCheck:
     def __init__(self, name: str, stage: Stage, patterns: list[str], matcher: Any) -> None:
         self.name = name
         self.stage = stage
+        self.action_name = "detect_regex_pattern"
+        self.action_params = text_params(stage)
         self._patterns = patterns
         self._matcher = matcher  # an re2.Set holding every pattern
 
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
         matched = self._matcher.Match(text)
         if not matched:
-            return ALLOW
-        return Verdict(Action.BLOCK, reason=f"matched pattern {self._patterns[min(matched)]!r}")
+            return Verdict(Action.ALLOW, value={"is_match": False, "detections": []})
+        detections = [self._patterns[index] for index in sorted(matched)]
+        return Verdict(
+            Action.BLOCK,
+            reason=f"matched pattern {detections[0]!r}",
+            value={"is_match": True, "detections": detections},
+        )
 
 
 def re2_error_message(exc: Exception) -> str:

@@ -2,18 +2,21 @@
 
 The task prompt comes from the config's `prompts` (Jinja: `user_input`, `bot_response`);
 the model answers in words: `no`/`safe` allow; `yes`/`unsafe` and anything else block,
-since an answer we can't read is not a pass.
+since an answer we can't read is not a pass. In the log, the action is NeMo's
+`self_check_input` / `self_check_output` (no parameters), returning whether to allow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from rails.base import ALLOW, Action, CheckContext, Stage, Verdict
+from rails.base import Action, CheckContext, Stage, Verdict
 from rails.config import RailsConfig
 from rails.prompts import CompiledPrompt, compile_prompt
 
 _ALLOW_WORDS = frozenset({"no", "safe"})
+_ALLOWED = Verdict(Action.ALLOW, value=True)
 
 
 def parse_verdict(answer: str) -> bool:
@@ -30,6 +33,8 @@ class SelfCheck:
     def __init__(self, name: str, stage: Stage, prompt: CompiledPrompt, temperature: float) -> None:
         self.name = name
         self.stage = stage
+        self.action_name = f"self_check_{stage.value}"
+        self.action_params: Mapping[str, Any] = {}
         self._prompt = prompt
         self._temperature = temperature
         # A model of `type: self_check_input` (or _output) wins; otherwise the main model.
@@ -51,8 +56,9 @@ class SelfCheck:
             max_tokens=self._prompt.max_tokens,
         )
         if parse_verdict(reply.text):
-            return ALLOW
-        return Verdict(Action.BLOCK, reason=f"model answered {reply.text.strip()[:40]!r}")
+            return _ALLOWED
+        reason = f"model answered {reply.text.strip()[:40]!r}"
+        return Verdict(Action.BLOCK, reason=reason, value=False)
 
 
 def build(config: RailsConfig, name: str, stage: Stage, params: Mapping[str, str]) -> SelfCheck:

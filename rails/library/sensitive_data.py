@@ -15,6 +15,10 @@ Mask rewrites each span to `<ENTITY_TYPE>`, which is what NeMo produces (Presidi
 `replace`; NeMo leaves `mask_token` unused), or to `mask_token` when the config sets one,
 with `{entity}` in it standing for the type. No entities listed: as in NeMo, the rail finds
 nothing, and a start-up warning says so.
+
+In the log, the actions are NeMo's `detect_sensitive_data(source=..., text=$user_message)`,
+returning whether anything was found, and `mask_sensitive_data(...)`, returning the text
+after masking (as NeMo's do).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import re2
 
-from rails.base import ALLOW, Action, CheckContext, Stage, Verdict
+from rails.base import Action, CheckContext, Stage, Verdict, text_params
 from rails.config import ConfigError, RailsConfig
 from rails.library.regex_check import re2_error_message
 from rails.recognizers import (
@@ -45,41 +49,49 @@ _SECTION_KEYS = ("input", "output", "retrieval", "recognizers")
 _STAGE_KEYS = ("entities", "mask_token", "score_threshold")
 
 
+_NOTHING_FOUND = Verdict(Action.ALLOW, value=False)
+
+
 class DetectSensitiveData:
     uses_model = False
     rewrites = False
+    action_name = "detect_sensitive_data"
 
     def __init__(self, name: str, stage: Stage, scanner: Scanner) -> None:
         self.name = name
         self.stage = stage
+        self.action_params = text_params(stage)
         self._scanner = scanner
 
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
         findings = self._scanner.find(text)
         if not findings:
-            return ALLOW
+            return _NOTHING_FOUND
         # as masking sees them: the phone-like digit groups inside an IBAN are the IBAN
         found = {finding.entity for finding in resolve(findings)}
-        return Verdict(Action.BLOCK, reason=f"sensitive data: {', '.join(sorted(found))}")
+        reason = f"sensitive data: {', '.join(sorted(found))}"
+        return Verdict(Action.BLOCK, reason=reason, value=True)
 
 
 class MaskSensitiveData:
     uses_model = False
     rewrites = True
+    action_name = "mask_sensitive_data"
 
     def __init__(self, name: str, stage: Stage, scanner: Scanner, mask_token: str | None) -> None:
         self.name = name
         self.stage = stage
+        self.action_params = text_params(stage)
         self._scanner = scanner
         self._mask_token = mask_token
 
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
         findings = self._scanner.find(text)
         if not findings:
-            return ALLOW
+            return Verdict(Action.ALLOW, value=text)
         masked = mask(text, findings, self._replacement)
         types = ", ".join(sorted({finding.entity for finding in findings}))
-        return Verdict(Action.REWRITE, text=masked, reason=f"masked: {types}")
+        return Verdict(Action.REWRITE, text=masked, reason=f"masked: {types}", value=masked)
 
     def _replacement(self, entity: str) -> str:
         if self._mask_token is None:

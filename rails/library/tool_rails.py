@@ -31,6 +31,11 @@ tools with every request.
 by `tool_call_id`, a call an earlier assistant message made and no earlier tool message
 answered (an assistant message that reuses an id opens it again), its content must be a
 string or a list of text parts, and no longer than `max_result_chars`.
+
+NeMo has no action for these; in the log, their actions are railguard's
+`validate_tool_calls` and `validate_tool_results` (no parameters: they read the request's
+tools and messages), returning `{"is_blocked": bool, "reason": ...}` like NeMo's
+`check_tool_call`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -47,7 +53,7 @@ from jsonschema import Draft202012Validator, exceptions, validators
 from referencing import Registry
 from referencing.exceptions import Unresolvable
 
-from rails.base import ALLOW, Action, CheckContext, Stage, Verdict
+from rails.base import Action, CheckContext, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
 
 SECTION = "rails.config.tool_validation"
@@ -64,9 +70,18 @@ class ToolSettings:
     max_result_chars: int | None = None
 
 
+def _verdict(problem: str | None) -> Verdict:
+    if problem is None:
+        return Verdict(Action.ALLOW, value={"is_blocked": False, "reason": None})
+    reason = _short(problem)
+    return Verdict(Action.BLOCK, reason=reason, value={"is_blocked": True, "reason": reason})
+
+
 class ToolCallValidation:
     uses_model = False
     rewrites = False
+    action_name = "validate_tool_calls"
+    action_params: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(self, name: str, stage: Stage, settings: ToolSettings) -> None:
         self.name = name
@@ -75,12 +90,14 @@ class ToolCallValidation:
 
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
         problem = tool_call_problem(ctx.tool_calls, ctx.tools, ctx.tool_choice, self.settings)
-        return ALLOW if problem is None else Verdict(Action.BLOCK, reason=_short(problem))
+        return _verdict(problem)
 
 
 class ToolResultValidation:
     uses_model = False
     rewrites = False
+    action_name = "validate_tool_results"
+    action_params: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(self, name: str, stage: Stage, settings: ToolSettings) -> None:
         self.name = name
@@ -88,8 +105,7 @@ class ToolResultValidation:
         self.settings = settings
 
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
-        problem = tool_result_problem(ctx.messages, self.settings)
-        return ALLOW if problem is None else Verdict(Action.BLOCK, reason=_short(problem))
+        return _verdict(tool_result_problem(ctx.messages, self.settings))
 
 
 # --- tool calls -------------------------------------------------------------------------

@@ -8,6 +8,8 @@ asks for it. `on-topic` allows and `off-topic` blocks.
 Where NeMo differs: any other answer blocks (NeMo allows anything but `off-topic`), and
 the conversation sent is the request's user and assistant messages, without its system
 messages, with the checked text as the current user turn.
+
+In the log, the action is NeMo's `topic_safety_check_input`, returning `{"on_topic": bool}`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class TopicSafetyCheck(SafetyModelCheck):
         if "on-topic" not in system or "off-topic" not in system:
             system = f"{system}\n\n{ANSWER_FORMAT}"
         return [{"role": "system", "content": system}, *conversation(ctx.messages, text)]
+
+    def returned(self, safe: bool, categories: tuple[str, ...]) -> Any:
+        return {"on_topic": safe}
 
 
 def build(
