@@ -34,10 +34,15 @@ class Verdict:
     text: str | None = None
     reason: str | None = None
     failed: bool = False  # the rail errored or timed out: its on_error policy decided
-    value: Any = None
+    value: Any = field(default=None, compare=False)  # a detail for the log, not the decision
 
 
 ALLOW = Verdict(Action.ALLOW)
+
+# A verdict's `value` meaning "the text as the rail leaves it" (its rewrite, else the text
+# it checked): what NeMo's rewriting actions return. The engine fills it in, so such a
+# rail can answer with a constant verdict instead of building one per check.
+RETURNS_TEXT: Any = object()
 
 # How NeMo's flows pass the checked text to their actions: a reference to the context
 # variable holding it, which NeMo's log shows unevaluated.

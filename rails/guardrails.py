@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metrics import RAIL_CHECKS, RAIL_DURATION, RAIL_ERRORS, batched
-from rails.base import Action, CheckContext, Rail, Stage, Verdict
+from rails.base import RETURNS_TEXT, Action, CheckContext, Rail, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
 from rails.model_caller import ModelTarget, action_calls, model_targets
 from rails.registry import build_rail, split_flow
@@ -97,10 +97,13 @@ class RailRunner:
         self._verdicts[outcome].inc()
         self._duration.observe(duration)
         finished = started + duration
+        value = verdict.value
+        if value is RETURNS_TEXT:
+            value = text if verdict.text is None else verdict.text
         executed = {
             "action_name": self.rail.action_name,
             "action_params": dict(self.rail.action_params),
-            "return_value": verdict.value,
+            "return_value": value,
             "llm_calls": calls,
             "started_at": started,
             "finished_at": finished,

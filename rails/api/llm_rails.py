@@ -456,7 +456,9 @@ def _options(options: Options) -> GenerationOptions:
 
 def _log(turn: Turn) -> GenerationLog | None:
     data = turn.log()
-    return None if data is None else GenerationLog.model_validate(data)
+    # through JSON, as the server sends it: the log shares no object with the engine
+    # (rails answer with constant verdicts whose values it holds)
+    return None if data is None else GenerationLog.model_validate(orjson.loads(orjson.dumps(data)))
 
 
 def _message(text: str) -> dict[str, Any]:

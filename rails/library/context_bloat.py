@@ -143,6 +143,7 @@ class ContextBloat:
         self.stage = stage
         self.action_params = text_params(stage)
         self.settings = settings
+        self._clean = Verdict(Action.ALLOW, value=self._returned(None))
         self.rewrites = settings.action == "truncate"
         self._shape_checks: tuple[Callable[[str], str | None], ...] = (
             self._entropy,
@@ -177,7 +178,7 @@ class ContextBloat:
             found = "; ".join(findings)
             log.warning("%s (action: warn): %s", self.name, found)
             return Verdict(Action.ALLOW, reason="warn: " + found, value=self._returned(found))
-        return Verdict(Action.ALLOW, value=self._returned(None))
+        return self._clean
 
     def _returned(self, reason: str | None) -> dict[str, Any]:
         return {"is_bloat": reason is not None, "action": self.settings.action, "reason": reason}

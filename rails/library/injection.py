@@ -177,6 +177,7 @@ class InjectionDetection:
         self.stage = stage
         self.action_params = {"text": "$bot_message"}
         self.action = action
+        self._clean = Verdict(Action.ALLOW, value=self._returned([]))
         self.rewrites = action != "reject"
         self._patterns = [(kind, p) for kind in kinds for p in PATTERNS[kind]]
         self._any = re2.Set.SearchSet(re2.Options())  # every pattern in one pass
@@ -191,7 +192,7 @@ class InjectionDetection:
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
         matched = self._any.Match(text)
         if not matched:
-            return Verdict(Action.ALLOW, value=self._returned([]))
+            return self._clean
         found = sorted({self._patterns[i][0] for i in matched}, key=KINDS.index)
         reason = f"{', '.join(found)} injection"
         value = self._returned(found)

@@ -21,6 +21,8 @@ import re2
 from rails.base import Action, CheckContext, Stage, Verdict, text_params
 from rails.config import ConfigError, RailsConfig
 
+_NO_MATCH = Verdict(Action.ALLOW, value={"is_match": False, "detections": []})
+
 
 class RegexCheck:
     uses_model = False
@@ -37,7 +39,7 @@ class RegexCheck:
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
         matched = self._matcher.Match(text)
         if not matched:
-            return Verdict(Action.ALLOW, value={"is_match": False, "detections": []})
+            return _NO_MATCH
         detections = [self._patterns[index] for index in sorted(matched)]
         return Verdict(
             Action.BLOCK,

@@ -29,7 +29,7 @@ from typing import Any
 
 import re2
 
-from rails.base import Action, CheckContext, Stage, Verdict, text_params
+from rails.base import RETURNS_TEXT, Action, CheckContext, Stage, Verdict, text_params
 from rails.config import ConfigError, RailsConfig
 from rails.library.regex_check import re2_error_message
 from rails.recognizers import (
@@ -50,6 +50,7 @@ _STAGE_KEYS = ("entities", "mask_token", "score_threshold")
 
 
 _NOTHING_FOUND = Verdict(Action.ALLOW, value=False)
+_NOTHING_MASKED = Verdict(Action.ALLOW, value=RETURNS_TEXT)
 
 
 class DetectSensitiveData:
@@ -88,10 +89,10 @@ class MaskSensitiveData:
     async def check(self, text: str, ctx: CheckContext) -> Verdict:
         findings = self._scanner.find(text)
         if not findings:
-            return Verdict(Action.ALLOW, value=text)
+            return _NOTHING_MASKED
         masked = mask(text, findings, self._replacement)
         types = ", ".join(sorted({finding.entity for finding in findings}))
-        return Verdict(Action.REWRITE, text=masked, reason=f"masked: {types}", value=masked)
+        return Verdict(Action.REWRITE, text=masked, reason=f"masked: {types}", value=RETURNS_TEXT)
 
     def _replacement(self, entity: str) -> str:
         if self._mask_token is None:

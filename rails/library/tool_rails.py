@@ -70,9 +70,12 @@ class ToolSettings:
     max_result_chars: int | None = None
 
 
+_VALID = Verdict(Action.ALLOW, value={"is_blocked": False, "reason": None})
+
+
 def _verdict(problem: str | None) -> Verdict:
     if problem is None:
-        return Verdict(Action.ALLOW, value={"is_blocked": False, "reason": None})
+        return _VALID
     reason = _short(problem)
     return Verdict(Action.BLOCK, reason=reason, value={"is_blocked": True, "reason": reason})
 
