@@ -154,7 +154,7 @@ class ChatCompletions:
         except ApiError as exc:
             if isinstance(exc, ThreadStoreUnavailable):
                 labels["outcome"] = "thread_store_error"
-            status, trace.error = exc.status, exc.code
+            status, trace.error = exc.status, exc.label
             response = api_error_response(exc)
             response.headers["x-request-id"] = trace.request_id
             return response

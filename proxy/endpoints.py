@@ -115,7 +115,7 @@ class Endpoints:
                 {"status": turn.check_status, "content": content, "rail": turn.blocked_by}
             )
         except ApiError as exc:
-            status, trace.error = exc.status, exc.code
+            status, trace.error = exc.status, exc.label
             response = api_error_response(exc)
         finally:
             REQUESTS.labels("checks", config_id, "none", "false", result).inc()

@@ -28,8 +28,9 @@ class ApiError(Exception):
         message: str,
         *,
         type_: str = "invalid_request_error",
-        code: str | None = None,
+        code: str | int | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -37,11 +38,21 @@ class ApiError(Exception):
         self.type = type_
         self.code = code
         self.param = param
+        self.headers = headers
 
     @classmethod
     def from_upstream(cls, exc: UpstreamError) -> ApiError:
-        """An upstream failure as the client sees it: the status and message it maps to."""
-        return cls(exc.status, exc.message, type_=exc.type, code=exc.code)
+        """An upstream failure as the client sees it: the status, error fields and retry
+        headers it maps to."""
+        headers = dict(exc.headers) if exc.headers else None
+        return cls(
+            exc.status, exc.message, type_=exc.type, code=exc.code, param=exc.param, headers=headers
+        )
+
+    @property
+    def label(self) -> str:
+        """What the access log records as the error: its code, else its type."""
+        return self.type if self.code is None else str(self.code)
 
 
 def invalid(message: str, *, param: str | None = None, code: str = "invalid_request") -> ApiError:
@@ -52,7 +63,7 @@ def error_response(
     status: int,
     message: str,
     type_: str,
-    code: str | None = None,
+    code: str | int | None = None,
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
@@ -65,7 +76,7 @@ def error_response(
 
 
 def api_error_response(exc: ApiError) -> web.Response:
-    return error_response(exc.status, exc.message, exc.type, exc.code, exc.param)
+    return error_response(exc.status, exc.message, exc.type, exc.code, exc.param, exc.headers)
 
 
 _HTTP_CODES = {

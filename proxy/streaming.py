@@ -139,7 +139,7 @@ class StreamRelay:
         except UpstreamError as exc:
             if guard is None or not guard.blocked_by:
                 reason = "limit" if isinstance(exc, UpstreamEventTooLarge) else "upstream_error"
-                error = error_object(exc.message, exc.type, exc.code)
+                error = error_object(exc.message, exc.type, exc.code, exc.param)
                 if guard is not None:  # what arrived before the failure is still delivered
                     await self._write(response, await guard.finish())
         except HoldbackLimit as exc:

@@ -4,6 +4,10 @@ A config's model of a given type either names its own `parameters.base_url` or i
 routed like any request: upstreams table, then the default upstream. Its model name
 defaults to the request's `model` when the config names none. Classifier APIs a rail
 calls (a jailbreak detector) are fixed upstreams the rail built at load.
+
+The client's headers, its credentials among them, go only to the server that serves the
+request's `model`: a check model there is called as the client would be; one on any
+other server gets none of them, only its own configured key (`api_key_env_var`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ import orjson
 
 from rails.check_cache import CheckCache
 from rails.config import RailsConfig
-from upstream import LLMReply, Router, Upstream, UpstreamConnectFailed, UpstreamPool, chat_text
+from upstream import (
+    LLMReply,
+    NoUpstreamError,
+    Router,
+    Upstream,
+    UpstreamConnectFailed,
+    UpstreamPool,
+    chat_text,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +113,23 @@ class ModelCaller:
         self._targets = targets
         self._request_model = request_model
         self._client_headers = client_headers
+        self._home: str | None = None  # base_url of the server the request's model is on
         self._cache = cache if cache is not None and cache.size > 0 else None
         self.calls: list[dict[str, Any]] = []
+
+    def _headers_for(self, upstream: Upstream) -> Mapping[str, str] | None:
+        """The client's headers when `upstream` is the server that serves the request's
+        `model` (routed as the main call is), else none."""
+        if not self._client_headers:
+            return None
+        if self._home is None:
+            main = self._targets.get("main")
+            try:
+                home = self._router.resolve(self._request_model, main.upstream if main else None)
+            except NoUpstreamError:
+                return None
+            self._home = home.base_url
+        return self._client_headers if upstream.base_url == self._home else None
 
     def resolve(self, model_type: str) -> tuple[Upstream, str]:
         target = self._targets.get(model_type) or self._targets.get("main")
@@ -135,7 +162,7 @@ class ModelCaller:
                 messages,
                 temperature=temperature,
                 max_tokens=max_tokens,
-                client_headers=self._client_headers,
+                client_headers=self._headers_for(upstream),
             )
         )
         self._store(key, reply)

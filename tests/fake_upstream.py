@@ -40,6 +40,8 @@ class Plan:
     chunk_delay: float = 0.0  # streams: pause between chunks
     stall: float = 0.0  # streams: stay silent this long after the last chunk, then end
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the completion JSON
+    headers: dict[str, str] = field(default_factory=dict)  # response headers (Retry-After...)
+    echo_headers: bool = False  # an error whose text quotes the request headers, not JSON
 
 
 @dataclass
@@ -142,9 +144,15 @@ class FakeUpstream:
             except asyncio.CancelledError:  # railguard hung up on us
                 self.disconnects += 1
                 raise
+        if plan.echo_headers:
+            text = f"rejected request with headers {dict(request.headers)!r}"
+            return web.Response(status=plan.status, text=text, headers=plan.headers)
         if plan.body is not None or plan.status != 200:
             return web.Response(
-                status=plan.status, body=plan.body or b"", content_type="application/json"
+                status=plan.status,
+                body=plan.body or b"",
+                content_type="application/json",
+                headers=plan.headers,
             )
         messages = body.get("messages") or []
         last = content_text(messages[-1].get("content")) if messages else ""
@@ -175,7 +183,7 @@ class FakeUpstream:
     async def _stream(
         self, request: web.Request, body: dict[str, Any], text: str, plan: Plan
     ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **plan.headers})
         await response.prepare(request)
         events = plan.chunks
         if events is None:

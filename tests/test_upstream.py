@@ -507,8 +507,8 @@ async def test_chat_returns_the_upstream_json_untouched_over_a_reused_connection
             "context_length_exceeded",
             "This model's maximum context length is 8192 tokens.",
         ),
-        ("err-429", 429, 429, "rate_limit_error", "upstream_error", "Slow down"),
-        ("err-404-text", 404, 404, "invalid_request_error", "upstream_error", "n" * 500),
+        ("err-429", 429, 429, "rate_limit_error", 429, "Slow down"),  # code as sent
+        ("err-404-text", 404, 404, "invalid_request_error", None, "n" * 500),
         (
             "err-500",
             500,
@@ -534,7 +534,7 @@ async def test_chat_http_errors(
     upstream_status: int,
     status: int,
     type_: str,
-    code: str,
+    code: str | int | None,
     message: str,
 ) -> None:
     with pytest.raises(UpstreamHTTPError) as info:

@@ -9,6 +9,7 @@ from upstream.errors import (
     UpstreamError,
     UpstreamEventTooLarge,
     UpstreamHTTPError,
+    UpstreamStreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "UpstreamHTTPError",
     "UpstreamPool",
     "UpstreamStream",
+    "UpstreamStreamError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
     "chat_text",

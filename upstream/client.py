@@ -27,11 +27,13 @@ from upstream.errors import (
     UpstreamError,
     UpstreamEventTooLarge,
     UpstreamHTTPError,
+    UpstreamStreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
 from upstream.routing import Upstream
-from upstream.wire import completion_as_events
+from upstream.secrets import credential_values
+from upstream.wire import completion_as_events, error_event
 
 HOP_BY_HOP = frozenset(
     {
@@ -182,10 +184,10 @@ class _Route:
             ) as resp:
                 status = resp.status
                 raw = await resp.read()
+                if not 200 <= status < 300:
+                    raise _http_error(self.upstream, resp, raw, headers)
         except _FAILURES as exc:
             raise _failure(self.upstream, exc) from exc
-        if not 200 <= status < 300:
-            raise _http_error(self.upstream, status, raw, headers)
         return status, raw
 
     async def close(self) -> None:
@@ -285,9 +287,10 @@ class UpstreamStream:
 
     Iterating yields complete SSE events as bytes, each ending with b"\\n\\n" exactly as
     the upstream sent them (\\r\\n framing normalised to \\n), so the proxy can forward them
-    byte for byte. A connection that dies or times out mid-stream, or an event longer than
-    `max_event_bytes`, raises UpstreamError from the iterator; EOF ends iteration, even
-    without [DONE]. __aexit__ releases the response, closing the connection if the stream
+    byte for byte. A connection that dies or times out mid-stream, an event longer than
+    `max_event_bytes`, or an error event (`data: {"error": ...}`) raises UpstreamError
+    from the iterator (one in the first read raises from __aenter__); EOF ends iteration,
+    even without [DONE]. __aexit__ releases the response, closing the connection if the stream
     did not finish so a cancelled stream stops the upstream generating.
     """
 
@@ -343,17 +346,30 @@ class UpstreamStream:
             raise
         if not ok:
             resp.release()
-            raise _http_error(route.upstream, resp.status, first, self._headers)
+            raise _http_error(route.upstream, resp, first, self._headers)
         if resp.content_type == "application/json":
             await self._answered_whole(resp, first)
             return self
         if first:
             self.first_chunk_at = time.perf_counter()
             self._feed(first)
+            if b'"error"' in first:
+                self._refuse_an_error_first(resp)
         else:
             self._eof = True
         self._resp = resp
         return self
+
+    def _refuse_an_error_first(self, resp: aiohttp.ClientResponse) -> None:
+        """An error event before any chunk: still an error the proxy can answer with a
+        status, like a failed HTTP request, instead of a stream that fails at once."""
+        end = self._buf.find(_EVENT_END)
+        data = error_event(bytes(self._buf[: end + 2])) if end >= 0 else None
+        if data is not None:
+            resp.close()
+            raise UpstreamStreamError(
+                self._route.upstream.name, data, credential_values(self._headers)
+            )
 
     async def _answered_whole(self, resp: aiohttp.ClientResponse, first: bytes) -> None:
         """The upstream ignored `stream: true` and sent one JSON completion: stream it."""
@@ -391,6 +407,16 @@ class UpstreamStream:
         return self
 
     async def __anext__(self) -> bytes:
+        event = await self._next_event()
+        if b'"error"' in event:
+            data = error_event(event)
+            if data is not None:
+                raise UpstreamStreamError(
+                    self._route.upstream.name, data, credential_values(self._headers)
+                )
+        return event
+
+    async def _next_event(self) -> bytes:
         while True:
             end = self._buf.find(_EVENT_END)
             if end >= 0:
@@ -458,12 +484,12 @@ def _json_object(upstream: Upstream, raw: bytes) -> dict[str, Any]:
 
 
 def _http_error(
-    upstream: Upstream, status: int, raw: bytes, headers: Mapping[str, str]
+    upstream: Upstream, resp: aiohttp.ClientResponse, raw: bytes, sent: Mapping[str, str]
 ) -> UpstreamHTTPError:
-    """An upstream may echo the credential it got, so that token is kept out of the message."""
-    authorization = headers.get("Authorization")
-    secrets = () if authorization is None else (authorization.partition(" ")[2] or authorization,)
-    return UpstreamHTTPError.from_body(upstream.name, status, raw, secrets)
+    """An upstream may echo the credentials it got, so those are kept out of the message."""
+    return UpstreamHTTPError.from_body(
+        upstream.name, resp.status, raw, credential_values(sent), resp.headers
+    )
 
 
 def _failure(upstream: Upstream, exc: BaseException) -> UpstreamError:

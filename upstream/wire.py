@@ -133,13 +133,13 @@ def _accumulate(into: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
 
 
 def error_object(
-    message: str, type_: str, code: str | None = None, param: str | None = None
+    message: str, type_: str, code: str | int | None = None, param: str | None = None
 ) -> dict[str, Any]:
     return {"message": message, "type": type_, "param": param, "code": code}
 
 
 def error_body(
-    message: str, type_: str, code: str | None = None, param: str | None = None
+    message: str, type_: str, code: str | int | None = None, param: str | None = None
 ) -> dict[str, Any]:
     """OpenAI's error envelope, with the message also under `detail`.
 
@@ -162,13 +162,36 @@ def upstream_error_message(payload: Any) -> str | None:
     return None
 
 
-def upstream_error_code(payload: Any) -> str | None:
-    """The string `error.code` of an upstream's error JSON (vLLM puts an int status there)."""
-    if isinstance(payload, dict):
-        err = payload.get("error")
-        if isinstance(err, dict) and isinstance(err.get("code"), str) and err["code"]:
-            return str(err["code"])
-    return None
+def upstream_error_fields(payload: Any) -> tuple[str | None, str | int | None, str | None]:
+    """`type`, `code` and `param` of an upstream's error JSON as sent: strings (and an int
+    code, as vLLM sends its status there); other values count as absent. Read from its
+    `error` object, or from the top level where older vLLM puts them."""
+    if not isinstance(payload, dict):
+        return None, None, None
+    err = payload.get("error")
+    if not isinstance(err, dict):
+        err = payload if isinstance(payload.get("message"), str) else {}
+    type_, code, param = err.get("type"), err.get("code"), err.get("param")
+    return (
+        type_ if isinstance(type_, str) and type_ else None,
+        code if isinstance(code, str | int) and not isinstance(code, bool) else None,
+        param if isinstance(param, str) else None,
+    )
+
+
+def error_event(event: bytes) -> dict[str, Any] | None:
+    """The JSON of a stream event that reports an error instead of a chunk (OpenAI and
+    vLLM send `data: {"error": {...}}` when generation fails mid-stream), else None.
+    Cheap for ordinary events: only one holding the bytes `"error"` is parsed."""
+    if b'"error"' not in event:
+        return None
+    try:
+        data = event_json(event)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "choices" in data:
+        return None
+    return data if isinstance(data.get("error"), dict | str) else None
 
 
 def content_text(content: Any) -> str:
