@@ -350,6 +350,8 @@ class StreamGuard(Generic[T]):
         """Each rewritten choice's fields, each through the rewriting rails on its own,
         unless its content is all the rails checked (then the stage's text is it)."""
         for choice, text in self._rewrites.items():
+            if choice < 0:  # a choice's logprobs: dropped with its held items
+                continue
             assembler = self._messages.get(choice) if self._messages is not None else None
             message = assembler.message() if assembler else {"content": self.text(choice)}
             if len(message) == 1 and message["content"] == self._cutters[choice].text:
@@ -369,7 +371,7 @@ class StreamGuard(Generic[T]):
                 out.append(held.item)
                 continue
             for choice in carried:
-                if choice in emitted:
+                if choice in emitted or choice < 0:
                     continue
                 emitted.add(choice)
                 message = self._rewritten.get(choice)

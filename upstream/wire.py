@@ -113,9 +113,10 @@ def arguments_text(call: Any) -> str:
 def delta_texts(data: Any, reasoning: bool = True) -> list[tuple[int, str, str]]:
     """(choice index, text, content) for each choice of a chunk that carries text: the
     text output rails check is everything the model wrote into the delta, in reading
-    order (reasoning when `reasoning`, content, refusal, tool-call argument fragments),
-    plus the chunk's `logprobs` tokens when they spell something else; `content` is the
-    part of it that is the answer's content."""
+    order (reasoning when `reasoning`, content, refusal, tool-call argument fragments);
+    `content` is the part of it that is the answer's content. A chunk's `logprobs`
+    tokens that spell something else are text of their own, under the pseudo choice
+    `logprobs_choice(index)`, so they are checked as one text too."""
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list):
         return []
@@ -124,33 +125,33 @@ def delta_texts(data: Any, reasoning: bool = True) -> list[tuple[int, str, str]]
         delta = choice.get("delta") if isinstance(choice, dict) else None
         if not isinstance(delta, dict):
             continue
+        index = choice.get("index")
+        index = index if isinstance(index, int) else position
         content = content_text(delta.get("content"))
-        text = content
-        if len(delta) > 1 or "content" not in delta or choice.get("logprobs") is not None:
-            text = _delta_extras(choice, delta, content, reasoning)
+        if len(delta) == 1 and "content" in delta and choice.get("logprobs") is None:
+            if content:  # the usual chunk: nothing but content
+                texts.append((index, content, content))
+            continue
+        thought = reasoning_text(delta)
+        refusal = delta.get("refusal")
+        refusal = refusal if isinstance(refusal, str) else ""
+        calls = delta.get("tool_calls")
+        arguments = "".join(
+            arguments_text(c) for c in (calls if isinstance(calls, list) else [calls]) if c
+        )
+        arguments += arguments_text(delta.get("function_call"))
+        text = (thought if reasoning else "") + content + refusal + arguments
         if text:
-            index = choice.get("index")
-            texts.append((index if isinstance(index, int) else position, text, content))
+            texts.append((index, text, content))
+        tokens = logprobs_text(choice.get("logprobs"))
+        if tokens and tokens != thought + content + refusal and (reasoning or not thought):
+            texts.append((logprobs_choice(index), tokens, ""))
     return texts
 
 
-def _delta_extras(
-    choice: dict[str, Any], delta: dict[str, Any], content: str, reasoning: bool
-) -> str:
-    thought = reasoning_text(delta)
-    refusal = delta.get("refusal")
-    refusal = refusal if isinstance(refusal, str) else ""
-    calls = delta.get("tool_calls")
-    arguments = "".join(
-        arguments_text(c) for c in (calls if isinstance(calls, list) else [calls]) if c
-    )
-    arguments += arguments_text(delta.get("function_call"))
-    written = thought + content + refusal
-    text = (thought if reasoning else "") + content + refusal + arguments
-    tokens = logprobs_text(choice.get("logprobs"))
-    if tokens and tokens != written and not (thought and not reasoning):
-        text += tokens
-    return text
+def logprobs_choice(index: int) -> int:
+    """The pseudo choice (< 0) under which choice `index`'s odd logprobs are checked."""
+    return -1 - index
 
 
 def delta_tool_calls(data: Any) -> tuple[list[tuple[int, Any]], list[int]]:
