@@ -1,6 +1,9 @@
 """Output rails over a streamed answer, in overlapping windows of tokens.
 
-A token is one non-empty content delta from the upstream, as NeMo counts them: a window
+A token is the text one upstream delta carries for a choice (`delta_texts`: its content,
+and the reasoning, refusal and tool-call arguments a model writes too), as NeMo counts
+content deltas; a choice's logprobs that spell something else are a pseudo choice
+(`logprobs_choice`) with windows of their own. A window
 holds `chunk_size` of them and overlaps the previous window by `context_size`, so a phrase
 split across a window boundary is still seen whole. Each window is checked once by each
 output rail; at the end only tokens no window has covered yet are checked.
