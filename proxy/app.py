@@ -68,7 +68,15 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     )
     conversations = build_conversations(settings)
     chat = ChatCompletions(
-        store, router, pool, models, limits, cache, conversations, settings.log_content
+        store,
+        router,
+        pool,
+        models,
+        limits,
+        cache,
+        conversations,
+        settings.log_content,
+        settings.log_raw_completions,
     )
     record_info(config_root.configs)
     metrics = MetricsEndpoint(settings.metrics_token)

@@ -69,6 +69,7 @@ def start_turn(
     pool: UpstreamPool,
     router: Router,
     cache: CheckCache | None,
+    raw_completions: bool = False,
 ) -> Turn:
     """A Turn for this request; model-backed rails get a caller that routes like requests do."""
     caller = None
@@ -83,6 +84,7 @@ def start_turn(
         caller=caller,
         tools=chat.body.get("tools"),
         tool_choice=chat.body.get("tool_choice"),
+        raw_completions=raw_completions,
     )
 
 
@@ -116,9 +118,11 @@ class ChatCompletions:
         cache: CheckCache | None = None,
         conversations: Conversations | None = None,
         log_content: bool = False,
+        log_raw_completions: bool = False,
     ) -> None:
         self.store = store
         self.log_content = log_content
+        self.log_raw_completions = log_raw_completions
         self.conversations = conversations or Conversations(None, StateCodec(None))
         self.limits = limits
         self.cache = cache
@@ -210,7 +214,13 @@ class ChatCompletions:
         # A thread or state puts its history in front of the request's messages.
         conversation = await self.conversations.open(chat, guardrails.id)
         turn = trace.turn = start_turn(
-            request, chat, guardrails, self.pool, self.router, self.cache
+            request,
+            chat,
+            guardrails,
+            self.pool,
+            self.router,
+            self.cache,
+            self.log_raw_completions,
         )
 
         upstream: Upstream | None = None

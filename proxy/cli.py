@@ -155,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the access log also carries the user's text and the answer",
     )
+    serve.add_argument(
+        "--log-raw-completions",
+        action="store_true",
+        help="options.log.llm_calls shows the upstream's raw text even when an output rail "
+        "blocked or rewrote it (debugging only: clients then see the blocked text)",
+    )
     serve.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
     serve.add_argument("--log-level", default=os.environ.get("RAILGUARD_LOG_LEVEL", "INFO"))
     demo = commands.add_parser("demo-upstream", help="run the echoing demo upstream (not a model)")
@@ -201,6 +207,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ),
         metrics_dynamic_models=max(0, args.metrics_dynamic_models),
         log_content=args.log_content,
+        log_raw_completions=args.log_raw_completions,
     )
 
 

@@ -55,6 +55,7 @@ class Settings:
     metrics_models: tuple[str, ...] = ()  # model names that are always their own label
     metrics_dynamic_models: int = 20  # other model names admitted first come, then `other`
     log_content: bool = False  # the access log carries the user text and the answer
+    log_raw_completions: bool = False  # log.llm_calls shows text a rail blocked or rewrote
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -249,7 +249,7 @@ class StreamRelay:
                 self.first_sent = time.perf_counter()
 
     def _rewritten_event(self, item: Rewritten) -> bytes:
-        event = self._chunk({"role": "assistant", "content": item.text})
+        event = self._chunk({"role": "assistant", **(item.fields or {}), "content": item.text})
         event["choices"][0]["index"] = item.choice
         return sse_event(event)
 

@@ -100,6 +100,7 @@ class RailsConfig:
     tool_output_flows: tuple[str, ...]  # `rails.tool_output.flows`: on the answer's tool calls
     input_parallel: bool
     output_parallel: bool
+    output_reasoning: bool  # `rails.output.apply_to_reasoning_traces`: check reasoning too
     speculative_generation: bool  # start the main call while input rails run
     streaming: StreamingSettings
     rail_settings: Mapping[str, Any]  # `rails.config`
@@ -216,6 +217,11 @@ class RailsConfig:
                 tool_output_flows=_strings(tool_outputs.get("flows"), "rails.tool_output.flows"),
                 input_parallel=_bool(inputs.get("parallel"), "rails.input.parallel", False),
                 output_parallel=_bool(outputs.get("parallel"), "rails.output.parallel", False),
+                output_reasoning=_bool(
+                    outputs.get("apply_to_reasoning_traces"),
+                    "rails.output.apply_to_reasoning_traces",
+                    True,
+                ),
                 speculative_generation=_bool(
                     inputs.get("speculative_generation"),
                     "rails.input.speculative_generation",

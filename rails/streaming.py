@@ -1,6 +1,9 @@
 """Output rails over a streamed answer, in overlapping windows of tokens.
 
-A token is one non-empty content delta from the upstream, as NeMo counts them: a window
+A token is the text one upstream delta carries for a choice (`delta_texts`: its content,
+and the reasoning, refusal and tool-call arguments a model writes too), as NeMo counts
+content deltas; a choice's logprobs that spell something else are a pseudo choice
+(`logprobs_choice`) with windows of their own. A window
 holds `chunk_size` of them and overlaps the previous window by `context_size`, so a phrase
 split across a window boundary is still seen whole. Each window is checked once by each
 output rail; at the end only tokens no window has covered yet are checked.
@@ -24,7 +27,15 @@ from metrics import STREAM_HOLDBACK
 from rails.base import Stage
 from rails.config import StreamingSettings
 from rails.turn import Turn
-from upstream.wire import ToolCallAssembler, delta_contents, delta_tool_calls, error_object
+from upstream.wire import (
+    MessageAssembler,
+    ToolCallAssembler,
+    content_text,
+    delta_texts,
+    delta_tool_calls,
+    error_object,
+    rewrite_message,
+)
 
 T = TypeVar("T")
 
@@ -84,10 +95,12 @@ class WindowCutter:
 
 @dataclass(frozen=True, slots=True)
 class Rewritten:
-    """Stands in for the held content of choice `choice`: its whole answer, rewritten."""
+    """Stands in for the held content of choice `choice`: its whole answer, rewritten;
+    `fields` are its other delta fields (reasoning, refusal, tool calls), rewritten too."""
 
     choice: int
     text: str
+    fields: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -142,6 +155,12 @@ class StreamGuard(Generic[T]):
         self.usage: dict[str, Any] | None = None
         self.checks_tools = turn.tool_output_rails_selected()
         self._tool_calls: dict[int, ToolCallAssembler] = {}  # choice -> calls not checked yet
+        self.reasoning = turn.checks_reasoning
+        self._answers: dict[int, list[str]] = {}  # choice -> the content part of each token
+        # A rewrite rewrites each field of the answer on its own: assemble them (whole mode).
+        rewrites = self.whole and any(r.rail.rewrites for r in runners)
+        self._messages: dict[int, MessageAssembler] | None = {} if rewrites else None
+        self._rewritten: dict[int, dict[str, Any]] = {}
 
     def _cutter(self, choice: int) -> WindowCutter:
         cutter = self._cutters.get(choice)
@@ -150,43 +169,47 @@ class StreamGuard(Generic[T]):
                 choice, self._chunk_size, self._context_size
             )
             self._sent[choice] = 0
+            self._answers[choice] = []
         return cutter
 
     async def push(
         self,
         item: T,
-        contents: Sequence[tuple[int, str]],
+        contents: Sequence[tuple[int, str, str]],
         size: int = 0,
         tool_calls: Sequence[tuple[int, Any]] = (),
         finished: Sequence[int] = (),
     ) -> list[T]:
-        """Take one item, the (choice, text) tokens it carries, its (choice, tool-call
-        delta) pairs and the choices it finishes; return what may go out now.
+        """Take one item, the (choice, text, content) tokens it carries (`content`: the
+        part of the text that is the answer's content), its (choice, tool-call delta)
+        pairs and the choices it finishes; return what may go out now.
 
         Returns nothing once a rail blocked: check `blocked_by`.
         """
         if self.blocked_by:
             return []
         windows = []
-        for choice, token in contents:
+        for choice, token, content in contents:
             window = self._cutter(choice).add(token)
+            self._answers[choice].append(content)
             if window is not None:
                 windows.append(window)
         tools: frozenset[int] = frozenset()
-        if tool_calls and self.checks_tools:
-            for choice, delta in tool_calls:
-                self._tool_calls.setdefault(choice, ToolCallAssembler()).add(delta)
+        if tool_calls and (self.checks_tools or self._messages is not None):
+            if self.checks_tools:
+                for choice, delta in tool_calls:
+                    self._tool_calls.setdefault(choice, ToolCallAssembler()).add(delta)
             tools = frozenset(choice for choice, _ in tool_calls)
         if not self.holds and not tools and not self._held:
             for window in windows:
                 self._schedule(window)
-            for choice, _ in contents:
+            for choice, _, _ in contents:
                 self._sent[choice] += 1
             return [] if self.blocked_by else [item]
         if not self.holds:  # held only behind a tool call: checks still run behind
             for window in windows:
                 self._schedule(window)
-        through = {choice: len(self._cutters[choice].tokens) for choice, _ in contents}
+        through = {choice: len(self._cutters[choice].tokens) for choice, _, _ in contents}
         self._held.append(_Held(item, through, size, time.perf_counter(), tools))
         self.held_bytes += size
         if self.holds:
@@ -200,11 +223,26 @@ class StreamGuard(Generic[T]):
 
     async def push_chunk(self, item: T, data: Any, size: int = 0) -> list[T]:
         """`push` for an item carrying one parsed chat.completion.chunk (None for an event
-        without JSON): its content tokens, usage, tool-call deltas and finished choices."""
+        without JSON): its tokens (every text field, `delta_texts`), usage, tool-call
+        deltas and finished choices."""
         if isinstance(data, dict) and isinstance(data.get("usage"), dict):
             self.usage = data["usage"]
-        calls, finished = delta_tool_calls(data) if self.checks_tools else ([], [])
-        return await self.push(item, delta_contents(data), size, calls, finished)
+        if self._messages is not None:
+            self._assemble(data)
+        calls, finished = (
+            delta_tool_calls(data) if self.checks_tools or self._messages is not None else ([], [])
+        )
+        return await self.push(item, delta_texts(data, self.reasoning), size, calls, finished)
+
+    def _assemble(self, data: Any) -> None:
+        assert self._messages is not None
+        choices = data.get("choices") if isinstance(data, dict) else None
+        for position, choice in enumerate(choices if isinstance(choices, list) else ()):
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                index = choice.get("index")
+                index = index if isinstance(index, int) else position
+                self._messages.setdefault(index, MessageAssembler()).add(delta)
 
     async def finish(self) -> list[T | Rewritten]:
         """At the end of the stream: wait for checks behind, check what no window covered,
@@ -221,6 +259,7 @@ class StreamGuard(Generic[T]):
         if self.blocked_by:
             return []
         if self._rewrites:
+            await self._rewrite_fields()
             return self._rewritten_release()
         return list(self._release())
 
@@ -230,16 +269,15 @@ class StreamGuard(Generic[T]):
             self._worker.cancel()
 
     def text(self, choice: int = 0) -> str:
-        """The whole answer of a choice as the upstream sent it."""
-        cutter = self._cutters.get(choice)
-        return cutter.text if cutter else ""
+        """The whole answer (content) of a choice as the upstream sent it."""
+        return "".join(self._answers.get(choice, ()))
 
     def sent_text(self, choice: int = 0) -> str:
         """What of a choice's answer has gone out to the client so far."""
         if choice in self._rewrites:
             return self._rewrites[choice]
-        cutter = self._cutters.get(choice)
-        return "".join(cutter.tokens[: self._sent[choice]]) if cutter else ""
+        answers = self._answers.get(choice)
+        return "".join(answers[: self._sent[choice]]) if answers else ""
 
     def record(self, model: str, elapsed: float) -> None:
         """At the end: log the main call with the whole answer, and make what went out
@@ -311,19 +349,43 @@ class StreamGuard(Generic[T]):
             STREAM_HOLDBACK.observe(now - first_at)
         return out
 
+    async def _rewrite_fields(self) -> None:
+        """Each rewritten choice's fields, each through the rewriting rails on its own,
+        unless its content is all the rails checked (then the stage's text is it)."""
+        for choice, text in self._rewrites.items():
+            if choice < 0:  # a choice's logprobs: dropped with its held items
+                continue
+            assembler = self._messages.get(choice) if self._messages is not None else None
+            message = assembler.message() if assembler else {"content": self.text(choice)}
+            if len(message) == 1 and message["content"] == self._cutters[choice].text:
+                message["content"] = text
+            else:
+                await rewrite_message(message, self.turn.rewrite_output, self.reasoning)
+            self._rewritten[choice] = message
+
     def _rewritten_release(self) -> list[T | Rewritten]:
-        """Held items with the rewritten answers in place of the content they carried."""
+        """Held items with the rewritten answers in place of every item that carried
+        their text (so no logprobs of the original text go out)."""
         out: list[T | Rewritten] = []
+        emitted: set[int] = set()
         for held in self._held:
-            if not held.through:
+            carried = [*held.through, *(c for c in held.tools if c not in held.through)]
+            if not carried:
                 out.append(held.item)
                 continue
-            for choice in held.through:
-                if self._sent[choice] == 0:
-                    text = self._rewrites.get(choice, self._cutters[choice].text)
-                    self._rewrites[choice] = text
+            for choice in carried:
+                if choice in emitted or choice < 0:
+                    continue
+                emitted.add(choice)
+                message = self._rewritten.get(choice)
+                if message is None:
+                    assembler = self._messages.get(choice) if self._messages else None
+                    message = assembler.message() if assembler else {"content": self.text(choice)}
+                fields = {k: v for k, v in message.items() if k != "content"}
+                self._rewrites[choice] = content_text(message.get("content"))
+                if choice in self._cutters:
                     self._sent[choice] = len(self._cutters[choice].tokens)
-                    out.append(Rewritten(choice, text))
+                out.append(Rewritten(choice, self._rewrites[choice], fields or None))
         self._held.clear()
         self.held_bytes = 0
         return out

@@ -15,7 +15,13 @@ from rails.base import CheckContext, Stage
 from rails.guardrails import Guardrails, StageResult
 from rails.model_caller import ModelCaller
 from rails.options import GenerationOptions
-from upstream.wire import content_text
+from upstream.wire import (
+    answer_text,
+    arguments_text,
+    content_text,
+    refuse_choice,
+    rewrite_message,
+)
 
 
 def current_user_turn(messages: list[dict[str, Any]]) -> tuple[list[int], int | None]:
@@ -55,8 +61,10 @@ class Turn:
         caller: ModelCaller | None = None,
         tools: Sequence[Any] | None = None,
         tool_choice: Any = None,
+        raw_completions: bool = False,
     ) -> None:
         self.guardrails = guardrails
+        self.raw_completions = raw_completions  # the log may show text a rail blocked
         self.options = options
         self.messages = messages
         self.started = time.perf_counter()
@@ -83,11 +91,18 @@ class Turn:
         self.output: StageResult | None = None
         self.bot_text: str | None = None
         self._main_calls: list[dict[str, Any]] = []
+        self._output_calls_from = 0  # rail calls before this index are the input stage's
 
     @property
     def calls_model(self) -> bool:
         """False in the spec's check mode (`dialog: false`): rails only, no main call."""
         return self.options.rails.dialog
+
+    @property
+    def checks_reasoning(self) -> bool:
+        """`rails.output.apply_to_reasoning_traces` (default true): output rails check the
+        answer's reasoning too, and a rewrite rewrites it."""
+        return self.guardrails.config.output_reasoning
 
     @property
     def blocked_by(self) -> str | None:
@@ -142,6 +157,7 @@ class Turn:
         self.input = _fold(tools, result)
         if self.input.modified and not self.input.blocked_by:
             await self._rewrite_user_messages(self.input.text)
+        self._output_calls_from = len(self.ctx.caller.calls) if self.ctx.caller else 0
         return self.input
 
     async def _rewrite_user_messages(self, rewritten: str) -> None:
@@ -198,7 +214,7 @@ class Turn:
         stream). The rails read `ctx.tool_calls`; the text is the calls' arguments. A
         block counts as an output block, and the refusal becomes the bot message."""
         self.ctx.tool_calls = calls
-        text = "\n".join(_arguments_text(call) for call in calls)
+        text = "\n".join(arguments_text(call) for call in calls)
         result = await self.guardrails.run_stage(
             Stage.TOOL_OUTPUT, text, self.ctx, self.options.rails.tool_output
         )
@@ -209,36 +225,55 @@ class Turn:
 
     async def check_completion(self, data: dict[str, Any], elapsed: float) -> None:
         """A whole chat.completion from the main call: tool-output rails on every choice's
-        tool calls, output rails on its text; a block or rewrite patches that choice in
-        `data`. Records the main call and the bot message."""
+        tool calls, output rails on everything its model wrote (`answer_text`); a block
+        or rewrite patches that choice in `data`. Records the main call and the bot
+        message (the first choice's content as delivered)."""
         choices = data.get("choices")
         if not isinstance(choices, list):
             return
         messages = [c.get("message") if isinstance(c, dict) else None for c in choices]
-        texts = [content_text(m.get("content")) if isinstance(m, dict) else "" for m in messages]
+        first = messages[0] if messages and isinstance(messages[0], dict) else None
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
-        self.record_main_call(str(data.get("model", "")), elapsed, texts[0] if texts else "", usage)
-        self.bot_text = texts[0] if texts else None
+        raw = content_text(first.get("content")) if first is not None else ""
+        self.record_main_call(str(data.get("model", "")), elapsed, raw, usage)
         tools = self.tool_output_rails_selected()
         output = self.output_rails_selected()
-        if not output and not tools:
-            return
-        for choice, message, text in zip(choices, messages, texts, strict=True):
-            if not isinstance(message, dict):
-                continue
-            calls = message.get("tool_calls") if tools else None
-            if calls:
-                result = await self.check_tool_calls(calls if isinstance(calls, list) else [calls])
-                if result.blocked_by:
-                    _refuse(choice, message, self.guardrails.refusal)
-                    continue
-            if not output or not text:
-                continue
-            result = await self.check_output(text)
+        if output or tools:
+            for choice, message in zip(choices, messages, strict=True):
+                if isinstance(message, dict):
+                    await self._check_choice(choice, message, tools, output)
+        self.bot_text = content_text(first.get("content")) if first is not None else None
+
+    async def _check_choice(
+        self, choice: dict[str, Any], message: dict[str, Any], tools: bool, output: bool
+    ) -> None:
+        calls = message.get("tool_calls") if tools else None
+        if calls:
+            result = await self.check_tool_calls(calls if isinstance(calls, list) else [calls])
             if result.blocked_by:
-                _refuse(choice, message, self.guardrails.refusal)
-            elif result.modified:
+                refuse_choice(choice, message, self.guardrails.refusal)
+                return
+        text = answer_text(choice, message, self.checks_reasoning) if output else ""
+        if not text:
+            return
+        result = await self.run_output(text)
+        if result.blocked_by:
+            refuse_choice(choice, message, self.guardrails.refusal)
+        elif result.modified:
+            content = message.get("content")
+            if isinstance(content, str) and content == text:  # the one field checked
                 message["content"] = result.text
+            else:
+                await rewrite_message(message, self.rewrite_output, self.checks_reasoning)
+            if "logprobs" in choice:  # its tokens spell the text before the rewrite
+                choice["logprobs"] = None
+
+    async def rewrite_output(self, text: str) -> str:
+        """One field of an answer the output rails rewrote, through the rewriting rails
+        on its own (the stage's text is all fields in one)."""
+        return await self.guardrails.rewrite(
+            Stage.OUTPUT, text, self.ctx, self.options.rails.output
+        )
 
     async def answer_without_model(self) -> str:
         """Check mode, after the input rails: output rails on a trailing assistant message if
@@ -278,8 +313,26 @@ class Turn:
     # --- the envelope -------------------------------------------------------------
 
     def _llm_calls(self) -> list[dict[str, Any]]:
+        """Every model call of the turn. When an output or tool-output rail blocked or
+        rewrote the answer, the log must not hand the client the text it stopped: the
+        main call's completion is the answer as delivered, the output side's rail calls
+        lose their prompt and completion (they quote the answer), and each is marked
+        `redacted`; unless the server logs raw completions (--log-raw-completions)."""
         rail_calls = self.ctx.caller.calls if self.ctx.caller else []
-        return sorted([*rail_calls, *self._main_calls], key=lambda c: c["started_at"])
+        main_calls = self._main_calls
+        stage = self.output
+        if stage is not None and (stage.blocked_by or stage.modified) and not self.raw_completions:
+            cut = self._output_calls_from
+            rail_calls = [
+                *rail_calls[:cut],
+                *(
+                    {**c, "prompt": None, "completion": None, "redacted": True}
+                    for c in rail_calls[cut:]
+                ),
+            ]
+            delivered = self.bot_text or ""
+            main_calls = [{**c, "completion": delivered, "redacted": True} for c in main_calls]
+        return sorted([*rail_calls, *main_calls], key=lambda c: c["started_at"])
 
     def log(self) -> dict[str, Any] | None:
         wanted = self.options.log
@@ -347,16 +400,3 @@ def _fold(previous: StageResult | None, result: StageResult) -> StageResult:
         errors=previous.errors + result.errors,
         error_block=previous.error_block if previous.blocked_by else result.error_block,
     )
-
-
-def _refuse(choice: dict[str, Any], message: dict[str, Any], refusal: str) -> None:
-    """Patch a blocked choice of a completion to the refusal."""
-    message["content"] = refusal
-    message.pop("tool_calls", None)
-    choice["finish_reason"] = "stop"
-
-
-def _arguments_text(call: Any) -> str:
-    function = call.get("function") if isinstance(call, dict) else None
-    arguments = function.get("arguments") if isinstance(function, dict) else None
-    return arguments if isinstance(arguments, str) else ""

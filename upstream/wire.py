@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -69,6 +70,88 @@ def delta_contents(data: Any) -> list[tuple[int, str]]:
             index = choice.get("index")
             contents.append((index if isinstance(index, int) else position, text))
     return contents
+
+
+REASONING_FIELDS = ("reasoning_content", "reasoning")  # vLLM and DeepSeek; vLLM, Ollama
+
+
+def reasoning_text(fields: dict[str, Any]) -> str:
+    """The reasoning a message or delta carries: `reasoning_content` and/or `reasoning`
+    (a server sending both with the same text counts it once)."""
+    first = fields.get("reasoning_content")
+    second = fields.get("reasoning")
+    first = first if isinstance(first, str) else ""
+    second = second if isinstance(second, str) else ""
+    return first if second == first or not second else first + second
+
+
+def logprobs_text(logprobs: Any) -> str:
+    """The text a choice's `logprobs` tokens spell (its `content` and `refusal` lists)."""
+    if not isinstance(logprobs, dict):
+        return ""
+    tokens: list[str] = []
+    for key in ("content", "refusal"):
+        entries = logprobs.get(key)
+        if isinstance(entries, list):
+            tokens.extend(
+                e["token"]
+                for e in entries
+                if isinstance(e, dict) and isinstance(e.get("token"), str)
+            )
+    return "".join(tokens)
+
+
+def arguments_text(call: Any) -> str:
+    """A tool call's (or the deprecated `function_call`'s) `function.arguments` text."""
+    if not isinstance(call, dict):
+        return ""
+    function = call.get("function", call)  # a function_call is its own function
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    return arguments if isinstance(arguments, str) else ""
+
+
+def delta_texts(data: Any, reasoning: bool = True) -> list[tuple[int, str, str]]:
+    """(choice index, text, content) for each choice of a chunk that carries text: the
+    text output rails check is everything the model wrote into the delta, in reading
+    order (reasoning when `reasoning`, content, refusal, tool-call argument fragments);
+    `content` is the part of it that is the answer's content. A chunk's `logprobs`
+    tokens that spell something else are text of their own, under the pseudo choice
+    `logprobs_choice(index)`, so they are checked as one text too."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        return []
+    texts = []
+    for position, choice in enumerate(choices):
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        index = choice.get("index")
+        index = index if isinstance(index, int) else position
+        content = content_text(delta.get("content"))
+        if len(delta) == 1 and "content" in delta and choice.get("logprobs") is None:
+            if content:  # the usual chunk: nothing but content
+                texts.append((index, content, content))
+            continue
+        thought = reasoning_text(delta)
+        refusal = delta.get("refusal")
+        refusal = refusal if isinstance(refusal, str) else ""
+        calls = delta.get("tool_calls")
+        arguments = "".join(
+            arguments_text(c) for c in (calls if isinstance(calls, list) else [calls]) if c
+        )
+        arguments += arguments_text(delta.get("function_call"))
+        text = (thought if reasoning else "") + content + refusal + arguments
+        if text:
+            texts.append((index, text, content))
+        tokens = logprobs_text(choice.get("logprobs"))
+        if tokens and tokens != thought + content + refusal and (reasoning or not thought):
+            texts.append((logprobs_choice(index), tokens, ""))
+    return texts
+
+
+def logprobs_choice(index: int) -> int:
+    """The pseudo choice (< 0) under which choice `index`'s odd logprobs are checked."""
+    return -1 - index
 
 
 def delta_tool_calls(data: Any) -> tuple[list[tuple[int, Any]], list[int]]:
@@ -207,6 +290,102 @@ def content_text(content: Any) -> str:
             if isinstance(part, dict) and part.get("type", "text") == "text"
         )
     return str(content)
+
+
+def answer_text(choice: dict[str, Any], message: dict[str, Any], reasoning: bool = True) -> str:
+    """The text output rails check for one choice of a chat.completion: everything the
+    model wrote. Reasoning (when `reasoning`) and content are one text, as the model wrote
+    them (a phrase split between the two is seen whole, as on a stream); the refusal, each
+    tool call's arguments, and the `logprobs` tokens when they spell something else follow,
+    a line each. With reasoning unchecked, the logprobs of an answer with reasoning are
+    not checked either: they spell that reasoning."""
+    thought = reasoning_text(message)
+    content = content_text(message.get("content"))
+    refusal = message.get("refusal")
+    refusal = refusal if isinstance(refusal, str) else ""
+    parts = [(thought if reasoning else "") + content, refusal]
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        parts.extend(arguments_text(call) for call in calls)
+    parts.append(arguments_text(message.get("function_call")))
+    tokens = logprobs_text(choice.get("logprobs"))
+    if tokens and tokens != thought + content + refusal and (reasoning or not thought):
+        parts.append(tokens)
+    return "\n".join(part for part in parts if part)
+
+
+async def rewrite_message(
+    message: dict[str, Any], rewrite: Callable[[str], Awaitable[str]], reasoning: bool = True
+) -> None:
+    """Put each text field of a message (reasoning when `reasoning`, content and its text
+    parts, refusal, each call's arguments) through `rewrite`, in place, each on its own."""
+    for key in (*(REASONING_FIELDS if reasoning else ()), "refusal"):
+        if isinstance(message.get(key), str) and message[key]:
+            message[key] = await rewrite(message[key])
+    content = message.get("content")
+    if isinstance(content, str) and content:
+        message["content"] = await rewrite(content)
+    elif isinstance(content, list):
+        message["content"] = [
+            {**part, "text": await rewrite(part["text"])}
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else part
+            for part in content
+        ]
+    calls = message.get("tool_calls")
+    for call in [*(calls if isinstance(calls, list) else []), message.get("function_call")]:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            function["arguments"] = await rewrite(function["arguments"])
+
+
+def refuse_choice(choice: dict[str, Any], message: dict[str, Any], refusal: str) -> None:
+    """Patch a blocked choice to the refusal: no reasoning, refusal, tool calls or
+    logprobs left (their text is the model's, and a rail blocked it)."""
+    for key in (*REASONING_FIELDS, "refusal", "tool_calls", "function_call", "audio"):
+        message.pop(key, None)
+    message["content"] = refusal
+    choice["finish_reason"] = "stop"
+    if "logprobs" in choice:
+        choice["logprobs"] = None
+
+
+class MessageAssembler:
+    """One choice's streamed deltas assembled into the message they spell (text fields
+    concatenated, tool calls as `ToolCallAssembler` builds them): what a rewrite of a
+    streamed answer rewrites."""
+
+    __slots__ = ("_calls", "_function", "_texts")
+
+    def __init__(self) -> None:
+        self._texts: dict[str, list[str]] = {}
+        self._calls: ToolCallAssembler | None = None
+        self._function: dict[str, Any] | None = None
+
+    def add(self, delta: dict[str, Any]) -> None:
+        for key in (*REASONING_FIELDS, "content", "refusal"):
+            value = delta.get(key)
+            if key == "content" and isinstance(value, list):
+                value = content_text(value)
+            if isinstance(value, str) and value:
+                self._texts.setdefault(key, []).append(value)
+        calls = delta.get("tool_calls")
+        if calls:
+            self._calls = self._calls or ToolCallAssembler()
+            for call in calls if isinstance(calls, list) else [calls]:
+                self._calls.add(call)
+        function = delta.get("function_call")
+        if isinstance(function, dict):
+            self._function = _accumulate(self._function or {}, function)
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {key: "".join(parts) for key, parts in self._texts.items()}
+        message.setdefault("content", "")
+        if self._calls is not None:
+            message["tool_calls"] = self._calls.calls()
+        if self._function is not None:
+            message["function_call"] = self._function
+        return message
 
 
 def completion(
