@@ -3,6 +3,7 @@
 from upstream.client import ChatResult, UpstreamPool, UpstreamStream
 from upstream.errors import (
     NoUpstreamError,
+    UpstreamAnswerTooLarge,
     UpstreamBadResponse,
     UpstreamConfigError,
     UpstreamConnectFailed,
@@ -21,6 +22,7 @@ __all__ = [
     "NoUpstreamError",
     "Router",
     "Upstream",
+    "UpstreamAnswerTooLarge",
     "UpstreamBadResponse",
     "UpstreamConfigError",
     "UpstreamConnectFailed",
