@@ -10,12 +10,16 @@ the benchmark measures railguard, not its stand-in:
   (yielding to the loop in between, like a token generator), then ``data: [DONE]``;
   ``x_bench_token_ms`` paces the stream instead: one event every that many milliseconds,
   on a fixed schedule from the first (so timer jitter does not add up);
+  ``x_bench_trigger_at`` N puts ``TRIGGER`` in place of the Nth token (0-based, N >= 1);
 * ``GET /v1/models`` answers one model; anything else is a 404.
 
 ``--model NAME MS ANSWER`` (repeatable) adds a slow model, for the rails benchmark: a
 non-streaming request whose ``model`` is NAME is answered after MS milliseconds, with
 ANSWER as the content (a check model's ``no`` or ``safe``, or a main model's answer).
-Other requests are answered as above, at once; without ``--model`` bodies aren't parsed.
+``--judge NAME MS WORD`` adds a slow self-check model: after MS milliseconds it answers
+``Yes`` (block) when WORD is in the prompt's last message, else ``No``.
+Other requests are answered as above, at once; without ``--model`` or ``--judge`` bodies
+aren't parsed.
 
 Keep-alive is the default, ``Connection: close`` is honoured. Run it on its own:
 
@@ -58,6 +62,7 @@ DEFAULT_CHUNKS = 100
 MAX_CHUNKS = 100_000
 MAX_TOKEN_MS = 10_000.0
 _WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog.")
+TRIGGER = " forbidden"
 
 
 def stream_tokens(chunks: int) -> int:
@@ -88,8 +93,8 @@ def _frame(event: bytes) -> bytes:
     return f"{len(event):x}\r\n".encode() + event + b"\r\n"
 
 
-def _chunk_event(index: int) -> bytes:
-    delta = {"content": _WORDS[index % len(_WORDS)]}
+def _chunk_event(index: int, word: str | None = None) -> bytes:
+    delta = {"content": word or _WORDS[index % len(_WORDS)]}
     if index == 0:
         delta["role"] = "assistant"
     data = {
@@ -112,6 +117,7 @@ STREAM_HEAD = (
 )
 FIRST_FRAME = _frame(_chunk_event(0))
 FRAMES = tuple(_frame(_chunk_event(i)) for i in range(1, len(_WORDS) + 1))
+TRIGGER_FRAME = _frame(_chunk_event(1, TRIGGER))
 FINAL_FRAME = _frame(
     b"data: "
     + orjson.dumps(
@@ -129,6 +135,8 @@ STREAM_END = _frame(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
 # model name -> (seconds before answering, the prebuilt response), from `--model`
 SLOW_MODELS: dict[str, tuple[float, bytes]] = {}
+# model name -> (seconds before answering, the word it blocks), from `--judge`
+JUDGES: dict[str, tuple[float, str]] = {}
 
 
 def slow_completion(model: str, answer: str) -> bytes:
@@ -141,18 +149,27 @@ def slow_completion(model: str, answer: str) -> bytes:
 
 def slow_plan(body: bytes) -> tuple[float, bytes] | None:
     """(delay, response) when the request names a slow model, else None."""
-    if not SLOW_MODELS:
+    if not SLOW_MODELS and not JUDGES:
         return None
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     model = data.get("model") if isinstance(data, dict) else None
-    return SLOW_MODELS.get(model) if isinstance(model, str) else None
+    if not isinstance(model, str):
+        return None
+    if model in JUDGES:
+        delay, word = JUDGES[model]
+        messages = data.get("messages") or [{}]
+        last = messages[-1].get("content") if isinstance(messages[-1], dict) else None
+        blocked = isinstance(last, str) and word in last
+        return delay, slow_completion(model, "Yes" if blocked else "No")
+    return SLOW_MODELS.get(model)
 
 
-def stream_plan(body: bytes) -> tuple[int, float] | None:
-    """(chunks, seconds between events) when the request asks for a stream, else None.
+def stream_plan(body: bytes) -> tuple[int, float, int] | None:
+    """(chunks, seconds between events, the token replaced by TRIGGER or 0) when the
+    request asks for a stream, else None.
 
     No pacing (0.0) means yielding to the loop between events, like a token generator.
     """
@@ -170,7 +187,10 @@ def stream_plan(body: bytes) -> tuple[int, float] | None:
     token_ms = data.get("x_bench_token_ms", 0.0)
     if isinstance(token_ms, bool) or not isinstance(token_ms, int | float) or token_ms < 0:
         token_ms = 0.0
-    return min(chunks, MAX_CHUNKS), min(float(token_ms), MAX_TOKEN_MS) / 1e3
+    trigger = data.get("x_bench_trigger_at", 0)
+    if isinstance(trigger, bool) or not isinstance(trigger, int) or trigger < 1:
+        trigger = 0
+    return min(chunks, MAX_CHUNKS), min(float(token_ms), MAX_TOKEN_MS) / 1e3, trigger
 
 
 class FakeLLM(asyncio.Protocol):
@@ -251,7 +271,7 @@ class FakeLLM(asyncio.Protocol):
         if self.close_after:
             self.transport.close()
 
-    async def _stream(self, chunks: int, pace: float) -> None:
+    async def _stream(self, chunks: int, pace: float, trigger: int) -> None:
         try:
             transport = self.transport
             if transport is None:
@@ -265,7 +285,9 @@ class FakeLLM(asyncio.Protocol):
                     await self.can_write.wait()
                 if self.transport is None:
                     return
-                transport.write(FRAMES[index % len(FRAMES)])
+                transport.write(
+                    TRIGGER_FRAME if index + 1 == trigger else FRAMES[index % len(FRAMES)]
+                )
             await _next_token(loop, start, max(1, chunks - 1), pace)
             if self.transport is None:
                 return
@@ -322,9 +344,20 @@ def main() -> None:
         metavar=("NAME", "MS", "ANSWER"),
         help="answer requests for model NAME after MS milliseconds with ANSWER (repeatable)",
     )
+    parser.add_argument(
+        "--judge",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "MS", "WORD"),
+        help="a self-check model NAME answering after MS milliseconds: Yes when WORD is in "
+        "the prompt, else No (repeatable)",
+    )
     args = parser.parse_args()
     for name, delay_ms, answer in args.model:
         SLOW_MODELS[name] = (float(delay_ms) / 1e3, slow_completion(name, answer))
+    for name, delay_ms, word in args.judge:
+        JUDGES[name] = (float(delay_ms) / 1e3, word)
     uvloop.run(serve(args.host, args.port))
 
 

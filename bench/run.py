@@ -47,6 +47,11 @@ e. streaming output rails:
      against the time the same windows take to fill on the same stream read directly
      (a window's first new token to its last token, or to ``[DONE]`` for the last
      window, checked when the stream ends); the difference is railguard's own cost;
+   - ``stream_first`` leak bound: 200-chunk unpaced streams through ``slow_check`` (the
+     ``self check output`` rail, windows as ``stream_first``'s, its check model answering
+     after 20 ms and blocking the window that holds token 100); the tokens a client got
+     before the block event, against the direct stream's (all of them), and how far past
+     the last window that passed they reached (railguard's bound: ``chunk_size``);
    - memory: railguard's RSS (``VmRSS``) before and after 1,000 sequential ``hold``
      streams (after a warm-up batch), and after each round of 200 concurrent ``hold``
      streams (growth from the second round to the last).
@@ -101,15 +106,18 @@ from httpclient import (
     RawClient,
     StreamTiming,
     build_request,
+    count_contents,
     summary,
     timed,
 )
 from streamrails import (
+    DONE_TAIL,
     check_stream,
     completed,
     concurrent_streams,
     holdback_metric,
     mean_fill,
+    passed_before,
     rss_bytes,
     window_spans,
 )
@@ -131,6 +139,8 @@ TARGET_RSS_GROWTH = 5 * 1024 * 1024
 HOLD_CHUNK, HOLD_CONTEXT = 32, 8  # the `hold` config's windows: several per 200-chunk stream
 FIRST_CHUNK, FIRST_CONTEXT = 48, 12  # `stream_first`: windows checked behind the stream
 TOKEN_MS = 1.0  # pacing of the hold-back streams
+JUDGE, JUDGE_MS, JUDGE_WORD = "judge-20", 20.0, "forbidden"  # the slow check model
+LEAK_TRIGGER = 100  # the token (0-based) the slow check model blocks
 BUSY_FOREIGN = 0.10  # other processes using more than this share of a CPU
 BUSY_STEAL = 0.05
 
@@ -188,6 +198,21 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # windows small enough that a 200-chunk stream runs several checks behind it
     "stream_first": output_streaming(FIRST_CHUNK, FIRST_CONTEXT, stream_first=True),
     "hold": output_streaming(HOLD_CHUNK, HOLD_CONTEXT, stream_first=False),
+    # a slow model-backed output rail, checked behind the stream
+    "slow_check": {
+        "models": [{"type": "self_check_output", "engine": "openai", "model": JUDGE}],
+        "rails": {
+            "output": {
+                "flows": ["self check output"],
+                "streaming": {
+                    "enabled": True,
+                    "chunk_size": FIRST_CHUNK,
+                    "context_size": FIRST_CONTEXT,
+                    "stream_first": True,
+                },
+            }
+        },
+    },
 }
 
 _SENTENCES = (
@@ -236,12 +261,17 @@ SMALL_MESSAGE = "Hello! Can you tell me a fun fact about octopuses?"
 SMALL_BODY = chat_body(SMALL_MESSAGE)
 
 
-def stream_body(chunks: int, config_id: str | None = None, token_ms: float = 0.0) -> bytes:
-    """A streaming request; the fake upstream reads `x_bench_chunks` and `x_bench_token_ms`
-    (railguard passes them on); `config_id` selects a railguard config."""
+def stream_body(
+    chunks: int, config_id: str | None = None, token_ms: float = 0.0, trigger: int = 0
+) -> bytes:
+    """A streaming request; the fake upstream reads `x_bench_chunks`, `x_bench_token_ms`
+    and `x_bench_trigger_at` (railguard passes them on); `config_id` selects a railguard
+    config."""
     extra: dict[str, Any] = {"x_bench_chunks": chunks}
     if token_ms:
         extra["x_bench_token_ms"] = token_ms
+    if trigger:
+        extra["x_bench_trigger_at"] = trigger
     if config_id is not None:
         extra["guardrails"] = {"config_id": config_id}
     return chat_body(SMALL_MESSAGE, stream=True, **extra)
@@ -263,6 +293,7 @@ class Plan:
     first_token_samples: int
     paced_first_samples: int
     paced_streams: int  # per target, for the hold-back per window
+    leak_streams: int  # per target, for the stream_first leak bound
     memory_warmup: int
     memory_streams: int
     concurrent_rounds: int
@@ -285,6 +316,7 @@ FULL = Plan(
     first_token_samples=1000,
     paced_first_samples=150,
     paced_streams=12,
+    leak_streams=20,
     memory_warmup=300,
     memory_streams=1000,
     concurrent_rounds=5,
@@ -302,6 +334,7 @@ QUICK = Plan(
     first_token_samples=300,
     paced_first_samples=50,
     paced_streams=4,
+    leak_streams=5,
     memory_warmup=200,
     memory_streams=1000,
     concurrent_rounds=3,
@@ -624,7 +657,16 @@ class Bench:
         self.upstream_port = free_port()
         upstream = self.procs.start(
             "upstream",
-            [sys.executable, str(BENCH / "fake_llm.py"), "--port", str(self.upstream_port)],
+            [
+                sys.executable,
+                str(BENCH / "fake_llm.py"),
+                "--port",
+                str(self.upstream_port),
+                "--judge",
+                JUDGE,
+                f"{JUDGE_MS:g}",
+                JUDGE_WORD,
+            ],
             self.load_cpu,
         )
         direct_probe = build_request(HOST, self.upstream_port, CHAT_PATH, SMALL_BODY)
@@ -647,6 +689,9 @@ class Bench:
                 "none",
                 "--log-level",
                 "WARNING",
+                # every slow_check stream must wait on its check model, not on a cached verdict
+                "--check-cache-size",
+                "0",
             ],
             self.proxy_cpu,
         )
@@ -913,6 +958,7 @@ class Bench:
         self.first_token()
         self.chunk_overhead()
         self.holdback()
+        self.leak()
         self.memory()
 
     def stream_targets(
@@ -1095,6 +1141,66 @@ class Bench:
             ms(first_direct["p50"]),
             ms(first_held["p50"]),
             signed(first_held["p50"] - first_direct["p50"]),
+        )
+
+    def leak(self) -> None:
+        """`stream_first` with a check model slower than the upstream: how much of the
+        answer reached the client before the block, against the bound (`chunk_size`
+        tokens past the last window that passed)."""
+        plan = self.plan
+        chunks, count = plan.stream_chunks, plan.leak_streams
+        tokens = stream_tokens(chunks)
+        passed = passed_before(tokens, FIRST_CHUNK, FIRST_CONTEXT, LEAK_TRIGGER)
+        self.log(
+            f"e. stream_first leak: {chunks} chunks unpaced, check model at {JUDGE_MS:g} ms "
+            f"blocking token {LEAK_TRIGGER}, {count} streams per target"
+        )
+        direct_request = self.direct(stream_body(chunks, trigger=LEAK_TRIGGER))
+        proxied_request = self.proxied(stream_body(chunks, "slow_check", trigger=LEAK_TRIGGER))
+        direct: list[int] = []
+        leaked: list[int] = []
+        direct_done: list[float] = []
+        block_done: list[float] = []
+        with RawClient(HOST, self.upstream_port) as up, RawClient(HOST, self.proxy_port) as rg:
+            for _ in range(count):
+                timing = up.stream(direct_request)
+                check_stream("direct (leak)", timing.response.status, timing.response.body, False)
+                direct.append(count_contents(timing.response.body, 0)[0])
+                direct_done.append(timing.done)
+                timing = rg.stream(proxied_request)
+                body = timing.response.body
+                if b'"content_blocked"' not in body or not body.endswith(DONE_TAIL):
+                    raise BenchError(f"slow_check was not blocked: {body[-400:]!r}")
+                leaked.append(count_contents(body, 0)[0])
+                block_done.append(timing.done)
+        worst = max(leaked)
+        past = worst - passed
+        self.results.figures["stream_first_leak"] = {
+            "check_ms": JUDGE_MS,
+            "chunk_size": FIRST_CHUNK,
+            "context_size": FIRST_CONTEXT,
+            "trigger_token": LEAK_TRIGGER,
+            "passed_window_end": passed,
+            "direct_tokens": direct,
+            "tokens_before_block": leaked,
+            "direct_done": summary(direct_done),
+            "block_done": summary(block_done),
+        }
+        self.results.add(
+            f"stream_first leak: tokens out before the block, check model at {JUDGE_MS:g} ms, "
+            f"{tokens} tokens, token {LEAK_TRIGGER} blocked (direct: all)",
+            f"{max(direct)}",
+            f"{worst} max, {statistics.fmean(leaked):.1f} mean",
+            f"{past:+d} past the last passed window (token {passed}); "
+            f"{worst / max(direct):.0%} of direct",
+            f"≤ {FIRST_CHUNK} past it (chunk_size)",
+            past <= FIRST_CHUNK,
+        )
+        self.results.add(
+            "stream_first leak: time to [DONE] (railguard: after the block), p50",
+            ms(summary(direct_done)["p50"]),
+            ms(summary(block_done)["p50"]),
+            signed(summary(block_done)["p50"] - summary(direct_done)["p50"]),
         )
 
     def memory(self) -> None:

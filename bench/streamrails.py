@@ -6,6 +6,8 @@
 * `window_spans` and `mean_fill`: which tokens each output-rails window of railguard takes
   (the same arithmetic as ``rails.streaming.WindowCutter``), and how long those windows
   took to fill on streams read straight from the upstream;
+* `passed_before`: where the last window that passed ends, on a stream whose check model
+  blocks the first window holding a given token (the `stream_first` leak bound's base);
 * `holdback_metric`: ``railguard_stream_holdback_seconds`` sum and count from ``/metrics``;
 * `rss_bytes`: a process's resident memory, from ``/proc``;
 * `concurrent_streams`: many streams at once over raw asyncio sockets.
@@ -58,6 +60,18 @@ def window_spans(tokens: int, chunk_size: int, context_size: int) -> list[tuple[
     if tokens > checked:
         spans.append((checked + 1, None))
     return spans
+
+
+def passed_before(tokens: int, chunk_size: int, context_size: int, trigger: int) -> int:
+    """Tokens covered by the windows before the first one holding token `trigger`
+    (0-based): the end of the last window that passes when that one is blocked."""
+    passed = 0
+    for first, last in window_spans(tokens, chunk_size, context_size):
+        end = tokens if last is None else last
+        if max(0, first - 1 - context_size) <= trigger < end:
+            return passed
+        passed = end
+    raise BenchError(f"no window of a {tokens}-token stream holds token {trigger}")
 
 
 def mean_fill(timings: Sequence[StreamTiming], spans: Sequence[tuple[int, int | None]]) -> float:

@@ -53,7 +53,7 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     """Everything is built here, before the first request: configs compiled, routes fixed."""
     store = ConfigStore(config_root, settings.default_config_id, settings.combined_config_cache)
     router = build_router(settings)
-    pool = UpstreamPool()
+    pool = UpstreamPool(settings.max_answer_bytes)
     middlewares: list[Middleware] = [error_middleware]
     if settings.cors_enabled:
         middlewares.insert(0, cors_middleware(settings.cors_origins))
@@ -61,7 +61,11 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     app[STORE] = store
     app[POOL] = pool
 
-    limits = StreamLimits(settings.stream_max_event_bytes, settings.stream_max_holdback_bytes)
+    limits = StreamLimits(
+        settings.stream_max_event_bytes,
+        settings.stream_max_holdback_bytes,
+        settings.max_answer_bytes,
+    )
     cache = CheckCache(settings.check_cache_size, settings.check_cache_ttl)
     models = ModelLabels(
         {*known_models(store, router), *settings.metrics_models}, settings.metrics_dynamic_models

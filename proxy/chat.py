@@ -342,9 +342,7 @@ class ChatCompletions:
         if stream.first_chunk_at is not None:
             trace.upstream_first_chunk = stream.first_chunk_at - stream.started
         response = web.StreamResponse(headers=SSE_HEADERS)
-        relay = StreamRelay(
-            turn, turn.guardrails, stream, self.limits.max_holdback_bytes, conversation
-        )
+        relay = StreamRelay(turn, turn.guardrails, stream, self.limits, conversation)
         try:
             trace.stamp(response)
             await response.prepare(request)

@@ -78,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
         help="most of one streamed answer held back for output rails",
     )
     serve.add_argument(
+        "--max-answer-bytes",
+        type=int,
+        default=10 * 1024 * 1024,
+        help="largest upstream answer read: a non-streamed body, or the text of a stream "
+        "railguard parses (output rails, threads, log)",
+    )
+    serve.add_argument(
         "--check-cache-size",
         type=int,
         default=1024,
@@ -187,6 +194,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         read_timeout=args.read_timeout,
         stream_max_event_bytes=args.stream_max_event_bytes,
         stream_max_holdback_bytes=args.stream_max_holdback_bytes,
+        max_answer_bytes=args.max_answer_bytes,
         check_cache_size=max(0, args.check_cache_size),
         check_cache_ttl=args.check_cache_ttl,
         thread_store=args.thread_store,

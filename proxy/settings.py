@@ -39,6 +39,7 @@ class Settings:
     read_timeout: float = 120.0
     stream_max_event_bytes: int = 1024 * 1024
     stream_max_holdback_bytes: int = 10 * 1024 * 1024
+    max_answer_bytes: int = 10 * 1024 * 1024  # one upstream answer: a body, or a stream's text
     check_cache_size: int = 1024
     check_cache_ttl: float = 60.0
     combined_config_cache: int = 64

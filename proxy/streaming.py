@@ -25,7 +25,14 @@ from proxy.threads import Conversation, stream_answer
 from rails.guardrails import Guardrails
 from rails.streaming import Rewritten, StreamGuard, blocked_error
 from rails.turn import Turn
-from upstream import UpstreamBadResponse, UpstreamError, UpstreamEventTooLarge, UpstreamStream
+from upstream import (
+    UpstreamAnswerTooLarge,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamEventTooLarge,
+    UpstreamStream,
+)
+from upstream.client import MAX_ANSWER_BYTES
 from upstream.wire import (
     DONE_EVENT,
     SSE_CONTENT_TYPE,
@@ -55,6 +62,7 @@ class StreamLimits:
 
     max_event_bytes: int = 1024 * 1024
     max_holdback_bytes: int = 10 * 1024 * 1024
+    max_answer_bytes: int = MAX_ANSWER_BYTES  # a parsed stream's text, all choices
 
 
 class HoldbackLimit(Exception):
@@ -95,17 +103,19 @@ class StreamRelay:
         turn: Turn,
         guardrails: Guardrails,
         stream: UpstreamStream,
-        max_holdback_bytes: int,
+        limits: StreamLimits,
         conversation: Conversation | None = None,
     ) -> None:
         self.turn = turn
         self.guardrails = guardrails
         self.stream = stream
-        self.max_holdback_bytes = max_holdback_bytes
+        self.max_holdback_bytes = limits.max_holdback_bytes
         self.conversation = conversation  # a thread or state records the answer at the end
         self.guard: StreamGuard[bytes] | None = None
         if needs_answer(turn) or conversation is not None:
-            self.guard = StreamGuard(turn, guardrails.config.streaming, on_block=stream.abort)
+            self.guard = StreamGuard(
+                turn, guardrails.config.streaming, stream.abort, limits.max_answer_bytes
+            )
         self.meta: dict[str, Any] | None = None  # id, model, created of the upstream's chunks
         self._meta_tried = False
         self.first_sent: float | None = None  # time.perf_counter() of the first event out
@@ -138,7 +148,8 @@ class StreamRelay:
                 await self._guarded(response, guard)
         except UpstreamError as exc:
             if guard is None or not guard.blocked_by:
-                reason = "limit" if isinstance(exc, UpstreamEventTooLarge) else "upstream_error"
+                limit = isinstance(exc, UpstreamEventTooLarge | UpstreamAnswerTooLarge)
+                reason = "limit" if limit else "upstream_error"
                 error = error_object(exc.message, exc.type, exc.code, exc.param)
                 if guard is not None:  # what arrived before the failure is still delivered
                     await self._write(response, await guard.finish())

@@ -27,6 +27,8 @@ from metrics import STREAM_HOLDBACK
 from rails.base import Stage
 from rails.config import StreamingSettings
 from rails.turn import Turn
+from upstream.client import MAX_ANSWER_BYTES
+from upstream.errors import UpstreamAnswerTooLarge
 from upstream.wire import (
     MessageAssembler,
     ToolCallAssembler,
@@ -58,39 +60,79 @@ class Window:
 
 
 class WindowCutter:
-    """Cuts one choice's tokens into overlapping windows. Sans-I/O."""
+    """Cuts one choice's tokens into overlapping windows. Sans-I/O.
 
-    __slots__ = ("checked", "choice", "chunk_size", "context_size", "tokens")
+    It keeps only the tokens the next window needs (the last window's context and what
+    came after it), so a long answer costs one window of memory, not the whole answer.
+    """
+
+    __slots__ = ("checked", "choice", "chunk_size", "context_size", "count", "passed", "tokens")
 
     def __init__(self, choice: int, chunk_size: int, context_size: int) -> None:
         self.choice = choice
         self.chunk_size = chunk_size
         self.context_size = context_size
-        self.tokens: list[str] = []
+        self.tokens: list[str] = []  # tokens [max(0, checked - context_size), count)
+        self.count = 0  # tokens taken
         self.checked = 0  # tokens covered by windows handed out so far
+        self.passed = 0  # tokens covered by windows that passed their check
 
     def add(self, token: str) -> Window | None:
         """Take one token; return the window it completes, if any."""
         self.tokens.append(token)
-        start = max(0, self.checked - self.context_size)
-        if len(self.tokens) - start >= self.chunk_size:
-            return self._cut(start)
+        self.count += 1
+        if len(self.tokens) >= self.chunk_size:
+            return self._cut()
         return None
 
     def tail(self) -> Window | None:
         """At the end: the tokens no window covered yet, with their context; None if none."""
-        if len(self.tokens) <= self.checked:
+        if self.count <= self.checked:
             return None
-        return self._cut(max(0, self.checked - self.context_size))
+        return self._cut()
 
-    def _cut(self, start: int) -> Window:
-        end = len(self.tokens)
+    def _cut(self) -> Window:
+        tokens = self.tokens
+        end = self.count
+        window = Window(self.choice, "".join(tokens), end - len(tokens), end)
         self.checked = end
-        return Window(self.choice, "".join(self.tokens[start:end]), start, end)
+        if len(tokens) > self.context_size:
+            del tokens[: len(tokens) - self.context_size]
+        return window
 
     @property
     def text(self) -> str:
+        """The tokens it keeps: the whole answer when no window was cut (`whole` mode)."""
         return "".join(self.tokens)
+
+
+class AnswerText:
+    """The first choice's whole text as the upstream sent it, for the log and the thread.
+
+    Tokens are joined in batches as they come, so a long answer of tiny tokens costs about
+    its size, not a Python string object per token.
+    """
+
+    __slots__ = ("length", "parts", "recent")
+    BATCH = 256
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.recent: list[str] = []
+        self.length = 0  # characters
+
+    def add(self, token: str) -> None:
+        recent = self.recent
+        recent.append(token)
+        self.length += len(token)
+        if len(recent) >= self.BATCH:
+            self.parts.append("".join(recent))
+            recent.clear()
+
+    def text(self, length: int | None = None) -> str:
+        """The whole text, or its first `length` characters."""
+        whole = "".join(self.parts) + "".join(self.recent)
+        return whole if length is None else whole[:length]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +152,7 @@ class _Held(Generic[T]):
     size: int
     at: float
     tools: frozenset[int] = frozenset()  # choices whose tool-call deltas this item carries
+    answered: int = 0  # characters of the first choice's text up to and including this item
 
 
 class StreamGuard(Generic[T]):
@@ -117,7 +160,9 @@ class StreamGuard(Generic[T]):
 
     - `stream_first` (NeMo's default): items go out at once; windows are checked behind
       them, in order, and a block stops the stream at the next item (`on_block` lets the
-      caller stop waiting on the upstream at once).
+      caller stop waiting on the upstream at once). What is out is bounded, per choice:
+      at most `chunk_size` tokens past the last window that passed. An item beyond that
+      waits (held, in `push`) until the checks behind have caught up.
     - otherwise items are held until every token they carry has passed a window, then
       released unchanged and in order.
     - streaming disabled in the config, or a rail that rewrites: the whole answer is held
@@ -128,6 +173,10 @@ class StreamGuard(Generic[T]):
     that follows it, until its choice's calls are complete (the choice's finish, or the
     end of the stream) and have passed them, whatever the mode: text already sent is fine,
     but a tool call can't be taken back.
+
+    Memory: each choice keeps one window of tokens; the first choice's whole text is kept
+    too (the log and the thread record it). The text of all choices together may not pass
+    `max_answer_bytes`: `push` raises `UpstreamAnswerTooLarge` on the item that would.
     """
 
     def __init__(
@@ -135,41 +184,42 @@ class StreamGuard(Generic[T]):
         turn: Turn,
         settings: StreamingSettings,
         on_block: Callable[[], None] | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.turn = turn
         runners = turn.guardrails.selected(Stage.OUTPUT, turn.options.rails.output)
         self.active = bool(runners)
         self.whole = self.active and (not settings.enabled or any(r.rail.rewrites for r in runners))
         self.holds = self.whole or (self.active and not settings.stream_first)
-        self._chunk_size = settings.chunk_size if self.active and not self.whole else sys.maxsize
-        self._context_size = 0 if self.whole else settings.context_size
+        self._chunk_size = sys.maxsize if self.whole else settings.chunk_size
+        # `whole` keeps every token: its one window, at the end, is the whole answer
+        self._context_size = sys.maxsize if self.whole else settings.context_size
+        # how many tokens past the last passed window may be out
+        self._ahead = 0 if self.holds else self._chunk_size
         self._on_block = on_block
         self._cutters: dict[int, WindowCutter] = {}
-        self._sent: dict[int, int] = {}
+        self._answer = AnswerText()
+        self._sent = 0  # characters of the first choice's text that went out
+        self.answer_bytes = 0  # UTF-8 bytes of all choices' text so far
+        self.max_answer_bytes = max_answer_bytes
         self._held: deque[_Held[T]] = deque()
         self.held_bytes = 0
         self._rewrites: dict[int, str] = {}
         self._queue: deque[Window] = deque()
         self._worker: asyncio.Task[None] | None = None
+        self._progress: asyncio.Future[None] | None = None  # resolved by each check behind
         self.blocked_by: str | None = None
         self.usage: dict[str, Any] | None = None
         self.checks_tools = turn.tool_output_rails_selected()
         self._tool_calls: dict[int, ToolCallAssembler] = {}  # choice -> calls not checked yet
         self.reasoning = turn.checks_reasoning
-        self._answers: dict[int, list[str]] = {}  # choice -> the content part of each token
         # A rewrite rewrites each field of the answer on its own: assemble them (whole mode).
         rewrites = self.whole and any(r.rail.rewrites for r in runners)
         self._messages: dict[int, MessageAssembler] | None = {} if rewrites else None
         self._rewritten: dict[int, dict[str, Any]] = {}
 
     def _cutter(self, choice: int) -> WindowCutter:
-        cutter = self._cutters.get(choice)
-        if cutter is None:
-            cutter = self._cutters[choice] = WindowCutter(
-                choice, self._chunk_size, self._context_size
-            )
-            self._sent[choice] = 0
-            self._answers[choice] = []
+        cutter = self._cutters[choice] = WindowCutter(choice, self._chunk_size, self._context_size)
         return cutter
 
     async def push(
@@ -188,36 +238,54 @@ class StreamGuard(Generic[T]):
         """
         if self.blocked_by:
             return []
+        grown = self.answer_bytes
+        for _, token, _ in contents:
+            grown += len(token.encode())
+        if grown > self.max_answer_bytes:
+            raise UpstreamAnswerTooLarge(self.max_answer_bytes)
+        self.answer_bytes = grown
         windows = []
+        beyond = False  # a choice would have more than the bound out
+        ahead = self._ahead
         for choice, token, content in contents:
-            window = self._cutter(choice).add(token)
-            self._answers[choice].append(content)
-            if window is not None:
-                windows.append(window)
+            if choice == 0:
+                self._answer.add(content)
+            if self.active:
+                cutter = self._cutters.get(choice) or self._cutter(choice)
+                window = cutter.add(token)
+                if window is not None:
+                    windows.append(window)
+                if cutter.count > cutter.passed + ahead:
+                    beyond = True
         tools: frozenset[int] = frozenset()
         if tool_calls and (self.checks_tools or self._messages is not None):
             if self.checks_tools:
                 for choice, delta in tool_calls:
                     self._tool_calls.setdefault(choice, ToolCallAssembler()).add(delta)
             tools = frozenset(choice for choice, _ in tool_calls)
-        if not self.holds and not tools and not self._held:
+        if not self.holds:
             for window in windows:
                 self._schedule(window)
-            for choice, _, _ in contents:
-                self._sent[choice] += 1
-            return [] if self.blocked_by else [item]
-        if not self.holds:  # held only behind a tool call: checks still run behind
-            for window in windows:
-                self._schedule(window)
-        through = {choice: len(self._cutters[choice].tokens) for choice, _, _ in contents}
-        self._held.append(_Held(item, through, size, time.perf_counter(), tools))
+            if not beyond and not tools and not self._held:
+                self._sent = self._answer.length
+                return [item]
+        cutters = self._cutters
+        through = (
+            {choice: cutters[choice].count for choice, _, _ in contents} if self.active else {}
+        )
+        held = _Held(item, through, size, time.perf_counter(), tools, self._answer.length)
+        self._held.append(held)
         self.held_bytes += size
         if self.holds:
             for window in windows:
                 if not await self._check(window):
                     return []
+        elif beyond:
+            await self._catch_up(through)
         for choice in finished:
-            if choice in self._tool_calls and not await self._check_tools(choice):
+            if self.blocked_by or (
+                choice in self._tool_calls and not await self._check_tools(choice)
+            ):
                 return []
         return self._release() if not self.blocked_by else []
 
@@ -249,7 +317,7 @@ class StreamGuard(Generic[T]):
         and release everything held. Returns nothing when a rail blocked."""
         if self._worker is not None:
             await self._worker
-        for cutter in self._cutters.values() if self.active else ():
+        for cutter in self._cutters.values():
             window = cutter.tail() if not self.blocked_by else None
             if window is not None:
                 await self._check(window)
@@ -268,25 +336,21 @@ class StreamGuard(Generic[T]):
         if self._worker is not None:
             self._worker.cancel()
 
-    def text(self, choice: int = 0) -> str:
-        """The whole answer (content) of a choice as the upstream sent it."""
-        return "".join(self._answers.get(choice, ()))
+    def text(self) -> str:
+        """The first choice's whole answer as the upstream sent it."""
+        return self._answer.text()
 
-    def sent_text(self, choice: int = 0) -> str:
-        """What of a choice's answer has gone out to the client so far."""
-        if choice in self._rewrites:
-            return self._rewrites[choice]
-        answers = self._answers.get(choice)
-        return "".join(answers[: self._sent[choice]]) if answers else ""
+    def sent_text(self) -> str:
+        """What of the first choice's answer has gone out to the client so far."""
+        if 0 in self._rewrites:
+            return self._rewrites[0]
+        return self._answer.text(self._sent)
 
     def record(self, model: str, elapsed: float) -> None:
         """At the end: log the main call with the whole answer, and make what went out
         the turn's bot message."""
         self.turn.record_main_call(model, elapsed, self.text(), self.usage)
         self.turn.bot_text = self.sent_text()
-
-    def checked_tokens(self) -> int:
-        return sum(c.checked for c in self._cutters.values())
 
     # --- checking -------------------------------------------------------------------
 
@@ -296,11 +360,38 @@ class StreamGuard(Generic[T]):
             self._worker = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
-        """Checks behind the stream, one window after the other."""
-        while self._queue and not self.blocked_by:
-            passed = await self._check(self._queue.popleft())
-            if not passed and self._on_block is not None:
-                self._on_block()
+        """Checks behind the stream, one window after the other; each wakes `_catch_up`."""
+        try:
+            while self._queue and not self.blocked_by:
+                passed = await self._check(self._queue.popleft())
+                if not passed and self._on_block is not None:
+                    self._on_block()
+                self._wake()
+        except BaseException as exc:
+            self._wake(exc)
+            raise
+
+    def _wake(self, exc: BaseException | None = None) -> None:
+        waiter, self._progress = self._progress, None
+        if waiter is None or waiter.done():
+            return
+        if exc is None:
+            waiter.set_result(None)
+        elif isinstance(exc, asyncio.CancelledError):
+            waiter.cancel()
+        else:
+            waiter.set_exception(exc)
+
+    async def _catch_up(self, through: dict[int, int]) -> None:
+        """`stream_first`: wait for the checks behind until every choice of the item has
+        at most `chunk_size` tokens past its last passed window. One is always under way
+        then: a choice is that far ahead only once a window past `passed` was cut."""
+        cutters, ahead = self._cutters, self._ahead
+        while not self.blocked_by and any(
+            count > cutters[choice].passed + ahead for choice, count in through.items()
+        ):
+            waiter = self._progress = asyncio.get_running_loop().create_future()
+            await waiter
 
     async def _check(self, window: Window) -> bool:
         result = await self.turn.run_output(window.text)
@@ -312,6 +403,7 @@ class StreamGuard(Generic[T]):
             return False
         if result.modified:
             self._rewrites[window.choice] = result.text
+        self._cutters[window.choice].passed = window.end
         return True
 
     async def _check_tools(self, choice: int) -> bool:
@@ -330,24 +422,31 @@ class StreamGuard(Generic[T]):
     def _release(self) -> list[T]:
         out: list[T] = []
         held = self._held
+        cutters, ahead = self._cutters, self._ahead
         now = time.perf_counter()
         first_at = held[0].at if held else now
         while held:
             front = held[0]
             if front.tools and not front.tools.isdisjoint(self._tool_calls):
                 break  # tool calls still to be checked
-            if self.holds and any(
-                count > self._cutters[c].checked for c, count in front.through.items()
-            ):
+            if any(count > cutters[c].passed + ahead for c, count in front.through.items()):
                 break
             held.popleft()
             self.held_bytes -= front.size
-            for choice, count in front.through.items():
-                self._sent[choice] = count
+            self._sent = front.answered
             out.append(front.item)
         if out:
             STREAM_HOLDBACK.observe(now - first_at)
         return out
+
+    def _message(self, choice: int) -> dict[str, Any]:
+        """A choice's answer as one message: assembled from its deltas (rewrite mode), or
+        its content (`whole` mode keeps every token of it)."""
+        assembler = self._messages.get(choice) if self._messages is not None else None
+        if assembler is not None:
+            return assembler.message()
+        cutter = self._cutters.get(choice)
+        return {"content": cutter.text if cutter else ""}
 
     async def _rewrite_fields(self) -> None:
         """Each rewritten choice's fields, each through the rewriting rails on its own,
@@ -355,8 +454,7 @@ class StreamGuard(Generic[T]):
         for choice, text in self._rewrites.items():
             if choice < 0:  # a choice's logprobs: dropped with its held items
                 continue
-            assembler = self._messages.get(choice) if self._messages is not None else None
-            message = assembler.message() if assembler else {"content": self.text(choice)}
+            message = self._message(choice)
             if len(message) == 1 and message["content"] == self._cutters[choice].text:
                 message["content"] = text
             else:
@@ -377,14 +475,9 @@ class StreamGuard(Generic[T]):
                 if choice in emitted or choice < 0:
                     continue
                 emitted.add(choice)
-                message = self._rewritten.get(choice)
-                if message is None:
-                    assembler = self._messages.get(choice) if self._messages else None
-                    message = assembler.message() if assembler else {"content": self.text(choice)}
+                message = self._rewritten.get(choice) or self._message(choice)
                 fields = {k: v for k, v in message.items() if k != "content"}
                 self._rewrites[choice] = content_text(message.get("content"))
-                if choice in self._cutters:
-                    self._sent[choice] = len(self._cutters[choice].tokens)
                 out.append(Rewritten(choice, self._rewrites[choice], fields or None))
         self._held.clear()
         self.held_bytes = 0

@@ -406,8 +406,12 @@ async def test_client_disconnect_cancels_upstream_and_pending_checks(
         "guardrails": {"config_id": "c"},
     }
     response = await http.post(f"{base}/v1/chat/completions", json=body)
-    for _ in range(4):
+    for _ in range(3):  # the role chunk and the first window: no more until it passed
         await response.content.readuntil(b"\n\n")
+    for _ in range(50):
+        if len(fake_upstream.chat_calls) >= 2:
+            break
+        await asyncio.sleep(0.02)
     assert len(fake_upstream.chat_calls) >= 2  # the stream and at least one check
     response.close()
     for _ in range(50):

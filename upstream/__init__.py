@@ -3,6 +3,7 @@
 from upstream.client import ChatResult, UpstreamPool, UpstreamStream
 from upstream.errors import (
     NoUpstreamError,
+    UpstreamAnswerTooLarge,
     UpstreamBadResponse,
     UpstreamConfigError,
     UpstreamConnectFailed,
@@ -22,6 +23,7 @@ __all__ = [
     "NoUpstreamError",
     "Router",
     "Upstream",
+    "UpstreamAnswerTooLarge",
     "UpstreamBadResponse",
     "UpstreamConfigError",
     "UpstreamConnectFailed",

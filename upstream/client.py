@@ -22,6 +22,7 @@ import orjson
 from yarl import URL
 
 from upstream.errors import (
+    UpstreamAnswerTooLarge,
     UpstreamBadResponse,
     UpstreamConnectFailed,
     UpstreamError,
@@ -64,6 +65,7 @@ _CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13) <= sys.version_info <
 _FAILURES = (aiohttp.ClientError, TimeoutError)
 _EVENT_END = b"\n\n"
 MAX_EVENT_BYTES = 1024 * 1024
+MAX_ANSWER_BYTES = 10 * 1024 * 1024  # one answer kept whole: a body, or a parsed stream's text
 
 
 def forwardable_headers(client_headers: Mapping[str, str]) -> dict[str, str]:
@@ -110,13 +112,15 @@ class _Route:
         "authorization",
         "chat_url",
         "drop",
+        "max_answer_bytes",
         "models_url",
         "static",
         "upstream",
     )
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, max_answer_bytes: int) -> None:
         self.upstream = upstream
+        self.max_answer_bytes = max_answer_bytes
         self.chat_url = URL(f"{upstream.base_url}/chat/completions")
         self.models_url = URL(f"{upstream.base_url}/models")
         # A configured Authorization header is kept apart: an api key still overrides it.
@@ -183,12 +187,30 @@ class _Route:
                 method, url, data=body, headers=headers, allow_redirects=False
             ) as resp:
                 status = resp.status
-                raw = await resp.read()
+                raw = await self.read_body(resp, 200 <= status < 300)
                 if not 200 <= status < 300:
                     raise _http_error(self.upstream, resp, raw, headers)
         except _FAILURES as exc:
             raise _failure(self.upstream, exc) from exc
         return status, raw
+
+    async def read_body(self, resp: aiohttp.ClientResponse, ok: bool, first: bytes = b"") -> bytes:
+        """The rest of a response's body after `first`, up to `max_answer_bytes`: past it,
+        a 2xx answer raises UpstreamAnswerTooLarge and an error's body is cut there (it is
+        only read for its message)."""
+        limit = self.max_answer_bytes
+        length = resp.content_length
+        if length is not None and length <= limit:
+            return first + await resp.content.read() if first else await resp.read()
+        body = bytearray(first)
+        while len(body) <= limit:
+            part = await resp.content.readany()
+            if not part:
+                return bytes(body)
+            body += part
+        if ok:
+            raise UpstreamAnswerTooLarge(limit, self.upstream.name)
+        return bytes(body[:limit])
 
     async def close(self) -> None:
         if self._session is not None:
@@ -203,13 +225,14 @@ class UpstreamPool:
     upstream with other timeouts or headers never reuses stale per-upstream state.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         self._routes: dict[Upstream, _Route] = {}
+        self.max_answer_bytes = max_answer_bytes  # a non-streamed answer's body
 
     def _route(self, upstream: Upstream) -> _Route:
         route = self._routes.get(upstream)
         if route is None:
-            route = self._routes[upstream] = _Route(upstream)
+            route = self._routes[upstream] = _Route(upstream, self.max_answer_bytes)
         return route
 
     def headers_for(
@@ -337,7 +360,7 @@ class UpstreamStream:
         try:
             # Waiting for the first chunk here keeps "failed before any output" an
             # error the proxy can still answer with a status code.
-            first = await (resp.content.readany() if ok else resp.read())
+            first = await (resp.content.readany() if ok else route.read_body(resp, ok))
         except _FAILURES as exc:
             resp.close()
             raise _failure(route.upstream, exc) from exc
@@ -374,10 +397,13 @@ class UpstreamStream:
     async def _answered_whole(self, resp: aiohttp.ClientResponse, first: bytes) -> None:
         """The upstream ignored `stream: true` and sent one JSON completion: stream it."""
         try:
-            raw = first + await resp.content.read()
+            raw = await self._route.read_body(resp, True, first)
         except _FAILURES as exc:
             resp.close()
             raise _failure(self._route.upstream, exc) from exc
+        except UpstreamAnswerTooLarge:
+            resp.close()
+            raise
         resp.release()
         self._buf = bytearray(completion_as_events(_json_object(self._route.upstream, raw)))
         self._eof = True

@@ -85,6 +85,21 @@ class UpstreamEventTooLarge(UpstreamBadResponse):
         )
 
 
+class UpstreamAnswerTooLarge(UpstreamBadResponse):
+    """An upstream answer grew past the size limit: railguard keeps an answer whole in
+    memory (a non-streamed body; a parsed stream's text, for the log and the thread), so
+    it stops reading it there."""
+
+    code = "answer_too_large"
+
+    def __init__(self, limit: int, upstream: str | None = None) -> None:
+        sender = f"Upstream {upstream}" if upstream else "The upstream"
+        super().__init__(
+            f"{sender} sent an answer larger than the limit of {limit} bytes "
+            "(--max-answer-bytes); it was not read further."
+        )
+
+
 class UpstreamHTTPError(UpstreamError):
     """The upstream answered non-2xx.
 
