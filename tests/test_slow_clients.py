@@ -137,10 +137,10 @@ async def test_deadlines_close_slow_clients_and_spare_long_answers(
         assert resp.status == 200
 
     closed_after = await slow_heads
-    assert max(closed_after) < 2.0, max(closed_after)
+    assert max(closed_after) < 2.5, max(closed_after)  # 1 s, and a loaded machine
     assert min(closed_after) >= 0.9
     status, answer, elapsed = await slow_body
-    assert status == 408 and 0.9 <= elapsed < 2.0
+    assert status == 408 and 0.9 <= elapsed < 2.5
     error = orjson.loads(answer)["error"]
     assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error"
     assert error["message"] == "The request body did not arrive within 1 s of its headers."
