@@ -9,6 +9,7 @@ from metrics import ModelLabels
 from proxy.chat import ChatCompletions
 from proxy.chat_ui import ChatPage
 from proxy.configs import ConfigStore
+from proxy.connections import ConnectionGuard, ConnectionLimits
 from proxy.cors import cors_middleware
 from proxy.endpoints import Endpoints, health
 from proxy.errors import error_middleware
@@ -27,6 +28,7 @@ from upstream import Router, Upstream, UpstreamPool, load_upstreams_file
 
 STORE = web.AppKey("store", ConfigStore)
 POOL = web.AppKey("pool", UpstreamPool)
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 
 def build_router(settings: Settings) -> Router:
@@ -54,12 +56,18 @@ def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     store = ConfigStore(config_root, settings.default_config_id, settings.combined_config_cache)
     router = build_router(settings)
     pool = UpstreamPool(settings.max_answer_bytes)
-    middlewares: list[Middleware] = [error_middleware]
+    guard = ConnectionGuard(
+        ConnectionLimits(settings.header_timeout, settings.body_timeout, settings.max_connections)
+    )
+    # The guard's middleware is innermost: the error middleware turns what it raises (a
+    # body over the size limit, read there first) into an error body.
+    middlewares: list[Middleware] = [error_middleware, guard.middleware]
     if settings.cors_enabled:
         middlewares.insert(0, cors_middleware(settings.cors_origins))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[STORE] = store
     app[POOL] = pool
+    app[CONNECTIONS] = guard
 
     limits = StreamLimits(
         settings.stream_max_event_bytes,

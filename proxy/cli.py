@@ -8,7 +8,7 @@ first metric is built, from `PROMETHEUS_MULTIPROC_DIR`.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import asyncio
 import gc
 import logging
 import multiprocessing
@@ -32,6 +32,7 @@ from proxy.settings import (
 )
 
 if TYPE_CHECKING:
+    from proxy.connections import Slots
     from rails.config import ConfigRoot
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -59,6 +60,24 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
     )
     serve.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024)
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request's headers, else it is closed (0: off)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a client has to send a request's body after its headers, else 408 (0: off)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="client connections open at once, across all workers; beyond, 503 (0: no cap)",
+    )
     serve.add_argument(
         "--connect-timeout", type=float, default=5.0, help="upstream connect timeout (s)"
     )
@@ -190,6 +209,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cors_enabled=env_flag("NEMO_GUARDRAILS_SERVER_ENABLE_CORS"),
         cors_origins=cors_origins_from_env(),
         max_body_bytes=args.max_body_bytes,
+        header_timeout=max(0.0, args.header_timeout),
+        body_timeout=max(0.0, args.body_timeout),
+        max_connections=max(0, args.max_connections),
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
         stream_max_event_bytes=args.stream_max_event_bytes,
@@ -227,49 +249,42 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _new_loop() -> object:
+def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        import asyncio
-
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 
 
-def _run(settings: Settings, root: ConfigRoot, reuse_port: bool) -> None:
-    from aiohttp import web
-    from aiohttp.web_runner import GracefulExit
-
-    from proxy.app import build_app
+def _run(
+    settings: Settings, root: ConfigRoot, reuse_port: bool, slots: Slots | None = None
+) -> None:
+    from proxy import server
+    from proxy.app import CONNECTIONS, build_app
 
     app = build_app(settings, root)
+    guard = app[CONNECTIONS]
+    if slots is not None:  # the workers' shared count of open connections
+        guard.slots = slots
     # Everything built so far lives as long as the process: keep the collector off it.
     # Full collections over it were the p99 tail under load (bench/).
     gc.collect()
     gc.freeze()
-    # A second stop signal while shutting down (a worker gets one from the process group
-    # and one from its parent) makes aiohttp raise GracefulExit out of run_app: exit code 1.
-    with contextlib.suppress(GracefulExit):
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            reuse_port=reuse_port or None,
-            access_log=None,
-            print=None,
-            # A client that hangs up cancels its request, and so the upstream call it waits on.
-            handler_cancellation=True,
-            loop=_new_loop(),  # type: ignore[arg-type]
-        )
+    server.run(app, guard, settings.host, settings.port, reuse_port, _new_loop())
 
 
 def _serve_workers(settings: Settings, root: ConfigRoot) -> int:
     """N forked workers on one port. SIGTERM/SIGINT stop them all (exit 0); a worker that
     dies on its own stops the rest (exit 1), so a supervisor sees the failure."""
+    from proxy.connections import SharedSlots
+
     context = multiprocessing.get_context("fork")
+    slots = SharedSlots()
     workers = [
-        context.Process(target=_run, args=(settings, root, True), name=f"railguard-worker-{i}")
+        context.Process(
+            target=_run, args=(settings, root, True, slots), name=f"railguard-worker-{i}"
+        )
         for i in range(settings.workers)
     ]
     for worker in workers:

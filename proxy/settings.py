@@ -35,6 +35,9 @@ class Settings:
     cors_enabled: bool = False
     cors_origins: tuple[str, ...] = ("*",)
     max_body_bytes: int = 10 * 1024 * 1024
+    header_timeout: float = 10.0  # seconds a client has to send a request's head
+    body_timeout: float = 60.0  # seconds a client has to send a request's body
+    max_connections: int = 1024  # open client connections, across all workers
     connect_timeout: float = 5.0
     read_timeout: float = 120.0
     stream_max_event_bytes: int = 1024 * 1024

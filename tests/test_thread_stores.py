@@ -14,7 +14,14 @@ from redis.asyncio import Redis
 
 from proxy.threads import StoreUnavailable, ThreadBoundElsewhere, ThreadLimits, ThreadStore
 from proxy.threads.memory_store import MemoryStore
-from proxy.threads.redis_store import RedisStore, redis_location, thread_keys
+from proxy.threads.redis_store import (
+    CLOCK_REFRESH,
+    RedisClock,
+    RedisStore,
+    redis_location,
+    thread_keys,
+)
+from proxy.threads.store import RECENT_TURNS
 from tests.conftest import StartRailguard
 from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisServer
@@ -104,6 +111,100 @@ async def test_ttl_expires_and_is_refreshed(make_store: Any) -> None:
     assert (await store.load(TID)).config_id == "other"
 
 
+async def test_a_turn_id_is_stored_once(make_store: Any) -> None:
+    store = make_store(ThreadLimits())
+    await store.append(TID, "cfg", [msg("hi"), msg("echo: hi", "assistant")], "turn-1")
+    assert (await store.load(TID)).last_turn == "turn-1"
+    await store.append(TID, "cfg", [msg("hi"), msg("another answer", "assistant")], "turn-1")
+    await store.append(TID, "cfg", [msg("hi"), msg("echo: hi", "assistant")], "turn-2")
+    await store.append(TID, "cfg", [msg("no id")])
+    await store.append(TID, "cfg", [msg("no id")])
+    record = await store.load(TID)
+    assert texts(record) == ["hi", "echo: hi", "hi", "echo: hi", "no id", "no id"]
+    assert record.last_turn == "turn-2"
+    # a thread remembers its last RECENT_TURNS ids, no more
+    for i in range(RECENT_TURNS):
+        await store.append(TID, "cfg", [msg(f"m{i}")], f"later-{i}")
+    await store.append(TID, "cfg", [msg("turn-1 again")], "turn-1")
+    await store.append(TID, "cfg", [msg("dropped")], f"later-{RECENT_TURNS - 1}")
+    assert texts(await store.load(TID))[-2:] == [f"m{RECENT_TURNS - 1}", "turn-1 again"]
+
+
+async def test_the_same_turn_at_once_is_stored_once(make_store: Any) -> None:
+    store = make_store(ThreadLimits())
+    turn = [msg("double"), msg("echo: double", "assistant")]
+    await asyncio.gather(*(store.append(TID, "cfg", turn, "same") for _ in range(10)))
+    assert texts(await store.load(TID)) == ["double", "echo: double"]
+
+
+async def test_redis_refuses_an_append_past_its_deadline(redis_server: RedisServer) -> None:
+    """What a stalled Redis does with an append whose request gave up: nothing."""
+    store = RedisStore(redis_server.url, ThreadLimits(), timeout=0.4)
+    try:
+        assert await store.load(TID) is None  # reads Redis's clock
+        assert store.clock.offset is not None
+        await store.append(TID, "cfg", [msg("in time")], "t1")
+        store.clock.offset -= store.timeout  # as if the append sat in Redis that long
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.append(TID, "cfg", [msg("too late")], "t2")
+        assert caught.value.reason == "timeout"
+        assert "refused" in str(caught.value)
+        store.clock.offset += store.timeout - store.grace / 2  # answered just in time
+        await store.append(TID, "cfg", [msg("just in time")], "t3")
+        record = await store.load(TID)
+        assert texts(record) == ["in time", "just in time"]
+        assert record.last_turn == "t3"
+    finally:
+        await store.close()
+
+
+def test_the_clock_keeps_the_highest_bound_and_refreshes_it() -> None:
+    clock = RedisClock()
+    assert clock.deadline_ms(10.0) == 0  # never measured: no deadline
+    clock.observe(b"1000", b"500000", 10.0)  # Redis read 1000.5 s; the answer came at 10 s
+    assert clock.deadline_ms(11.0) == 1_001_500  # 1 s later, in Redis's clock
+    clock.observe(b"1001", b"0", 10.6)  # a slower answer gives a lower bound: kept the first
+    assert clock.deadline_ms(11.0) == 1_001_500
+    clock.observe(b"1002", b"0", 11.0)  # a higher bound (a faster answer) replaces it
+    assert clock.deadline_ms(11.0) == 1_002_000
+    later = 11.0 + CLOCK_REFRESH + 1
+    clock.observe(b"1000", b"0", later)  # Redis's clock set back: followed once stale
+    assert clock.deadline_ms(later) == 1_000_000
+
+
+async def test_memory_threads_store_a_double_submit_once(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    base = await start_railguard({"open": {"models": []}})
+
+    async def post(content: str) -> int:
+        body = {
+            "model": "m1",
+            "messages": [{"role": "user", "content": content}],
+            "guardrails": {"config_id": "open", "thread_id": TID},
+        }
+        async with http.post(f"{base}/v1/chat/completions", json=body) as resp:
+            return resp.status
+
+    fake_upstream.next(delay=0.1)
+    fake_upstream.next(delay=0.1)
+    assert await asyncio.gather(post("hi"), post("hi")) == [200, 200]
+    assert await post("next") == 200
+    assert [m["content"] for m in fake_upstream.main_calls[-1].body["messages"]] == [
+        "hi",
+        "echo: hi",
+        "next",
+    ]
+    assert await post("next") == 200  # the same text after its answer: a turn of its own
+    assert [m["content"] for m in fake_upstream.main_calls[-1].body["messages"]] == [
+        "hi",
+        "echo: hi",
+        "next",
+        "echo: next",
+        "next",
+    ]
+
+
 async def test_memory_store_drops_least_recently_used_threads() -> None:
     one = len(msg("x" * 10))
     store = MemoryStore(ThreadLimits(), max_bytes=3 * one)
@@ -131,7 +232,7 @@ async def test_memory_store_ttl_with_a_clock() -> None:
 async def test_redis_keys_share_a_hash_tag_and_expire(redis_server: RedisServer) -> None:
     store = RedisStore(redis_server.url, ThreadLimits(ttl=60, max_messages=10))
     await store.append(TID, "cfg", [msg("hi")])
-    config_key, messages_key = thread_keys(TID)
+    config_key, messages_key, _ = thread_keys(TID)
     assert config_key == f"railguard:thread:{{{TID}}}:config"
     assert messages_key == f"railguard:thread:{{{TID}}}:messages"
     raw = Redis.from_url(redis_server.url)

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+from redis.asyncio import Redis
 
+from proxy.threads.redis_store import thread_keys
 from tests.conftest import StartRailguard, write_configs
 from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisServer, free_port
@@ -137,6 +140,77 @@ async def test_two_processes_share_one_redis(
     assert history[-1] == "last"
     log = read_log(tmp_path / "a.log")
     assert f"conversation threads in redis at redis://127.0.0.1:{redis_server.port}/0" in log
+
+
+async def stored(redis_server: RedisServer, thread_id: str = THREAD) -> list[str]:
+    raw = Redis.from_url(redis_server.url)
+    try:
+        return [
+            orjson.loads(m)["content"] for m in await raw.lrange(thread_keys(thread_id)[1], 0, -1)
+        ]
+    finally:
+        await raw.aclose()
+
+
+async def test_a_turn_answered_503_is_stored_once_when_retried_elsewhere(
+    processes: list[subprocess.Popen[bytes]],
+    redis_server: RedisServer,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Redis stalls while the turn is saved: the client gets 503, and the append that
+    waited in Redis's input does not land when Redis resumes (it was past its deadline).
+    The retry, on another process, is stored once; the same text in a later turn is a
+    turn of its own."""
+    root = write_configs(tmp_path / "configs", CONFIGS)
+    args = ("--upstream", fake_upstream.url, "--thread-store", redis_server.url)
+    a, proc_a = serve(processes, root, tmp_path / "a.log", *args, "--thread-store-timeout", "0.5")
+    b, proc_b = serve(processes, root, tmp_path / "b.log", *args)
+    await wait_healthy(http, a, proc_a, tmp_path / "a.log")
+    await wait_healthy(http, b, proc_b, tmp_path / "b.log")
+    assert (await post(http, a, "one"))[0] == 200
+    fake_upstream.next(delay=0.3)
+    pending = asyncio.ensure_future(post(http, a, "two"))
+    await asyncio.sleep(0.15)  # loaded; the model is answering
+    redis_server.pause()
+    try:
+        status, data = await pending
+    finally:
+        redis_server.resume()
+    assert status == 503, data
+    assert data["error"]["code"] == "thread_store_unavailable"
+    raw = Redis.from_url(redis_server.url)
+    try:
+        await raw.ping()  # Redis has read what waited in its input since it stopped
+        # two loads and two appends at least: the stalled append did run, and refused
+        assert (await raw.info("commandstats"))["cmdstat_evalsha"]["calls"] >= 4
+    finally:
+        await raw.aclose()
+    await asyncio.sleep(0.1)
+    assert await stored(redis_server) == ["one", "echo: one"]
+
+    status, data = await post(http, b, "two")  # the retry
+    assert status == 200 and data["choices"][0]["message"]["content"] == "echo: two"
+    assert seen(fake_upstream) == ["one", "echo: one", "two"]
+    assert await stored(redis_server) == ["one", "echo: one", "two", "echo: two"]
+    # the same turn sent to both processes at once (a double submit): stored once
+    fake_upstream.next(delay=0.2)
+    fake_upstream.next(delay=0.2)
+    results = await asyncio.gather(post(http, a, "three"), post(http, b, "three"))
+    assert [status for status, _ in results] == [200, 200]
+    assert await stored(redis_server) == [
+        "one",
+        "echo: one",
+        "two",
+        "echo: two",
+        "three",
+        "echo: three",
+    ]
+    # the same text again, after its answer: a new turn
+    assert (await post(http, b, "three"))[0] == 200
+    assert seen(fake_upstream)[-3:] == ["three", "echo: three", "three"]
+    assert (await stored(redis_server))[-4:] == ["three", "echo: three", "three", "echo: three"]
 
 
 # --- failures --------------------------------------------------------------------------

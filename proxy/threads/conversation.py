@@ -15,10 +15,17 @@ replayed to the model; nor does check mode (`dialog: false`), which calls no mod
 A thread request either succeeds whole (answered and recorded) or fails with a 503 that
 says the store is unavailable; only a stream, whose answer is already out, ends with an
 error event instead.
+
+Each turn has an id: a hash of the config, the thread's last turn id as loaded (the
+position the turn is based on) and the request's own messages. A turn sent twice from
+one position (a retry, a double submit, an append sent again) has one id and is stored
+once; the same text sent again after its answer is based on a later position, so it is
+a new turn and is stored again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -30,7 +37,12 @@ from metrics import THREAD_STORE_DURATION, THREAD_STORE_ERRORS
 from proxy.errors import ApiError, invalid
 from proxy.request import ParsedChat
 from proxy.threads.state import StateCodec
-from proxy.threads.store import StoreUnavailable, ThreadBoundElsewhere, ThreadStore
+from proxy.threads.store import (
+    StoreUnavailable,
+    ThreadBoundElsewhere,
+    ThreadRecord,
+    ThreadStore,
+)
 from rails.turn import Turn
 
 log = logging.getLogger("railguard.threads")
@@ -83,6 +95,15 @@ def stream_answer(
     return answer
 
 
+def turn_id(config_id: str, based_on: str, messages: list[dict[str, Any]]) -> str:
+    """The id of a turn: what it asks (the request's own messages) and where (the last
+    turn id it was based on)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(orjson.dumps([config_id, based_on]))
+    digest.update(orjson.dumps(messages))
+    return digest.hexdigest()
+
+
 class Conversation:
     """The thread or state of one request."""
 
@@ -92,11 +113,13 @@ class Conversation:
         config_id: str,
         history: list[dict[str, Any]],
         thread_id: str | None,
+        turn: str = "",
     ) -> None:
         self.owner = owner
         self.config_id = config_id
         self.history = history
         self.thread_id = thread_id
+        self.turn_id = turn
 
     async def record(self, turn: Turn, answer: dict[str, Any] | None) -> dict[str, Any] | None:
         """Save the turn (the model call was made); returns the envelope's `state`."""
@@ -105,7 +128,7 @@ class Conversation:
             new = [*new, answer]
         if self.thread_id is None:
             return self.owner.codec.encode(self.config_id, [*self.history, *new])
-        await self.owner.append(self.thread_id, self.config_id, new)
+        await self.owner.append(self.thread_id, self.config_id, new, self.turn_id)
         return None
 
     def unchanged(self) -> dict[str, Any] | None:
@@ -138,8 +161,11 @@ class Conversations:
                 param="state",
                 code="thread_and_state",
             )
+        turn = ""
         if thread_id is not None:
-            history = await self._load(thread_id, config_id)
+            record = await self._load(thread_id, config_id)
+            history = record.messages if record else []
+            turn = turn_id(config_id, record.last_turn if record else "", chat.messages)
         else:
             assert state is not None
             history = self.codec.decode(state, config_id)
@@ -147,24 +173,23 @@ class Conversations:
             messages = [*map(_replayable, history), *chat.messages]
             chat.body["messages"] = chat.messages = messages
             chat.body_changed = True
-        return Conversation(self, config_id, history, thread_id)
+        return Conversation(self, config_id, history, thread_id, turn)
 
-    async def _load(self, thread_id: str, config_id: str) -> list[dict[str, Any]]:
+    async def _load(self, thread_id: str, config_id: str) -> ThreadRecord | None:
         if self.store is None:
             raise invalid(THREADS_DISABLED, param="thread_id", code="threads_disabled")
         record = await self._timed("load", self.store.load(thread_id))
-        if record is None:
-            return []
-        if record.config_id != config_id:
+        if record is not None and record.config_id != config_id:
             raise _bound_elsewhere(record.config_id, config_id)
-        return record.messages
+        return record
 
-    async def append(self, thread_id: str, config_id: str, new: list[dict[str, Any]]) -> None:
+    async def append(
+        self, thread_id: str, config_id: str, new: list[dict[str, Any]], turn: str = ""
+    ) -> None:
         assert self.store is not None
+        messages = [orjson.dumps(m) for m in new]
         try:
-            await self._timed(
-                "append", self.store.append(thread_id, config_id, [orjson.dumps(m) for m in new])
-            )
+            await self._timed("append", self.store.append(thread_id, config_id, messages, turn))
         except ThreadBoundElsewhere as exc:  # another request created it a moment ago
             raise _bound_elsewhere(exc.config_id, config_id) from None
 

@@ -1,7 +1,9 @@
 """The embedded thread store: per process, bounded, least-recently-used threads go first.
 
 All of it runs on the event loop without awaiting, so an append is atomic by
-construction: two requests on one thread can't interleave inside it.
+construction: two requests on one thread can't interleave inside it. An append can't
+land after its request gave up either, so the only duplicate to recognise is a turn
+sent twice (its turn id), as in Redis.
 """
 
 from __future__ import annotations
@@ -13,15 +15,22 @@ from typing import Any
 
 import orjson
 
-from proxy.threads.store import ThreadBoundElsewhere, ThreadLimits, ThreadRecord, ThreadStore
+from proxy.threads.store import (
+    RECENT_TURNS,
+    ThreadBoundElsewhere,
+    ThreadLimits,
+    ThreadRecord,
+    ThreadStore,
+)
 
 
 class _Thread:
-    __slots__ = ("config_id", "expires", "messages", "size")
+    __slots__ = ("config_id", "expires", "messages", "size", "turns")
 
     def __init__(self, config_id: str) -> None:
         self.config_id = config_id
         self.messages: deque[bytes] = deque()
+        self.turns: deque[str] = deque(maxlen=RECENT_TURNS)
         self.size = 0
         self.expires = 0.0
 
@@ -61,15 +70,21 @@ class MemoryStore(ThreadStore):
             return None
         self._threads.move_to_end(thread_id)
         messages: list[dict[str, Any]] = [orjson.loads(m) for m in thread.messages]
-        return ThreadRecord(thread.config_id, messages)
+        return ThreadRecord(thread.config_id, messages, thread.turns[-1] if thread.turns else "")
 
-    async def append(self, thread_id: str, config_id: str, messages: list[bytes]) -> None:
+    async def append(
+        self, thread_id: str, config_id: str, messages: list[bytes], turn_id: str = ""
+    ) -> None:
         thread = self._live(thread_id)
         if thread is None:
             thread = self._threads[thread_id] = _Thread(config_id)
         elif thread.config_id != config_id:
             raise ThreadBoundElsewhere(thread.config_id)
         self._threads.move_to_end(thread_id)
+        if turn_id:
+            if turn_id in thread.turns:
+                return
+            thread.turns.append(turn_id)
         added = sum(len(m) for m in messages)
         thread.messages.extend(messages)
         thread.size += added

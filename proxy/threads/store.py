@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 Reason = Literal["timeout", "unavailable", "error"]
 
+RECENT_TURNS = 32  # turn ids a thread remembers, to store a turn delivered twice once
+
 
 @dataclass(frozen=True, slots=True)
 class ThreadLimits:
@@ -25,10 +27,12 @@ class ThreadLimits:
 
 @dataclass(frozen=True, slots=True)
 class ThreadRecord:
-    """A stored thread: the config it is bound to and its messages, oldest first."""
+    """A stored thread: the config it is bound to, its messages (oldest first) and the id
+    of its last turn: the position the next turn is based on ("" before the first)."""
 
     config_id: str
     messages: list[dict[str, Any]]
+    last_turn: str = ""
 
 
 class StoreUnavailable(Exception):
@@ -61,11 +65,16 @@ class ThreadStore(ABC):
         """The thread, or None when it never existed or has expired."""
 
     @abstractmethod
-    async def append(self, thread_id: str, config_id: str, messages: list[bytes]) -> None:
+    async def append(
+        self, thread_id: str, config_id: str, messages: list[bytes], turn_id: str = ""
+    ) -> None:
         """Add one turn's messages (JSON bytes) atomically: two appends to one thread at
         the same time both land, neither overwrites the other. Creates the thread bound to
         `config_id`; raises ThreadBoundElsewhere if it is bound to another config. Refreshes
-        the TTL and drops the oldest messages past the cap."""
+        the TTL and drops the oldest messages past the cap.
+
+        A turn with a `turn_id` the thread holds among its last RECENT_TURNS is already
+        stored: the append does nothing, so a turn delivered twice is stored once."""
 
     async def check(self) -> None:  # noqa: B027 - a store that can't fail needs no check
         """Raise StoreUnavailable if the store can't be reached now (used at start-up)."""
