@@ -58,7 +58,10 @@ from upstream.wire import (
     chunk,
     completion,
     new_completion_id,
+    no_usage,
     sse_event,
+    usage_chunk,
+    wants_usage,
 )
 
 
@@ -302,22 +305,21 @@ class ChatCompletions:
             data = completion(chat.model, text)
             data["guardrails"] = envelope(turn, guardrails, None, state)
             return web.Response(body=orjson.dumps(data), content_type=JSON)
+        # The answer, its finish, and with `include_usage` a usage chunk (no model was
+        # called: zero tokens); the last of them carries `guardrails`.
         completion_id = new_completion_id()
         created = int(time.time())
-        final = chunk(chat.model, completion_id, {}, "stop", created)
-        final["guardrails"] = envelope(turn, guardrails, None, state)
+        events = [
+            chunk(chat.model, completion_id, {"role": "assistant", "content": text}, None, created),
+            chunk(chat.model, completion_id, {}, "stop", created),
+        ]
+        if wants_usage(chat.body):
+            events.append(usage_chunk(chat.model, completion_id, no_usage(), created))
+        events[-1]["guardrails"] = envelope(turn, guardrails, None, state)
         response = web.StreamResponse(headers=SSE_HEADERS)
         request[TRACE].stamp(response)
         await response.prepare(request)
-        await response.write(
-            sse_event(
-                chunk(
-                    chat.model, completion_id, {"role": "assistant", "content": text}, None, created
-                )
-            )
-            + sse_event(final)
-            + DONE_EVENT
-        )
+        await response.write(b"".join(map(sse_event, events)) + DONE_EVENT)
         await response.write_eof()
         return response
 

@@ -3,8 +3,9 @@
 Without output rails (and no envelope detail asked for) events are forwarded as they
 arrive, unparsed. With them, each event is parsed for its content and handed to a
 `StreamGuard`, which decides when the original bytes may go out. Every stream ends with
-one event carrying `guardrails` (a chunk, or the error that stopped the stream) and
-`data: [DONE]`.
+`data: [DONE]` after one event carrying `guardrails`: the upstream's last chunk (see
+proxy/stream_end.py), a `choices: []` chunk when that can't carry it, or the error that
+stopped the stream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiohttp import web
 from metrics import STREAM_TERMINATIONS, batched
 from proxy.envelope import envelope
 from proxy.errors import ApiError
+from proxy.stream_end import LastChunk
 from proxy.threads import Conversation, stream_answer
 from rails.guardrails import Guardrails
 from rails.streaming import Rewritten, StreamGuard, blocked_error
@@ -121,6 +123,7 @@ class StreamRelay:
         self.first_sent: float | None = None  # time.perf_counter() of the first event out
         self.rails_wait = 0.0  # seconds the stream waited for output rails
         self._usage_event: bytes | None = None  # pass-through: the last event with usage
+        self._last = LastChunk()  # the upstream's chunk that may carry the envelope
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -177,13 +180,30 @@ class StreamRelay:
                 state = await self.conversation.record(self.turn, answer)
             except ApiError as exc:  # the answer is out, but the thread could not keep it
                 error = error_object(exc.message, exc.type, exc.code, exc.param)
-        last: dict[str, Any] = {"error": error} if error else self._chunk({})
-        last["guardrails"] = envelope(self.turn, self.guardrails, upstream_data, state)
-        await response.write(sse_event(last) + DONE_EVENT)
+        guardrails = envelope(self.turn, self.guardrails, upstream_data, state)
+        await response.write(self._end(guardrails, error) + DONE_EVENT)
         if self.first_sent is None:
             self.first_sent = time.perf_counter()
         _TERMINATIONS[reason].inc()
         return StreamEnd(reason, upstream_data)
+
+    def _end(self, guardrails: dict[str, Any], error: dict[str, Any] | None) -> bytes:
+        """The stream's last events: the held chunk carrying `guardrails`; or, when it
+        can't, the held events unchanged and an event of railguard's own carrying it (the
+        error that stopped the stream, else a `choices: []` chunk like the upstream's)."""
+        if error is None:
+            carried = self._last.carry(guardrails)
+            if carried is not None:
+                return carried
+            last = self._chunk({})
+            last["choices"] = []
+            fingerprint = (self.meta or {}).get("system_fingerprint")
+            if fingerprint is not None:
+                last["system_fingerprint"] = fingerprint
+        else:
+            last = {"error": error}
+        last["guardrails"] = guardrails
+        return self._last.release() + sse_event(last)
 
     def _save_in_background(self, guard: StreamGuard[bytes]) -> None:
         """A client that hung up cancelled this handler; its thread still keeps the turn:
@@ -203,6 +223,7 @@ class StreamRelay:
     async def _pass_through(self, response: web.StreamResponse) -> None:
         """The fast path: bytes out as they came in; only the first chunk is parsed."""
         write = response.write
+        pass_on = self._last.pass_on
         async for event in self.stream:
             if is_done(event):
                 return
@@ -210,9 +231,11 @@ class StreamRelay:
                 self._note_meta(event)
             if b'"usage"' in event:
                 self._usage_event = event
-            await write(event)
-            if self.first_sent is None:
-                self.first_sent = time.perf_counter()
+            out = pass_on(event)
+            if out:
+                await write(out)
+                if self.first_sent is None:
+                    self.first_sent = time.perf_counter()
 
     async def _guarded(self, response: web.StreamResponse, guard: StreamGuard[bytes]) -> None:
         timed = guard.active  # output rails run: the time they hold the stream is theirs
@@ -239,9 +262,7 @@ class StreamRelay:
             if guard.held_bytes > self.max_holdback_bytes:
                 raise HoldbackLimit(self.max_holdback_bytes)
             if out:
-                await response.write(out[0] if len(out) == 1 else b"".join(out))
-                if self.first_sent is None:
-                    self.first_sent = time.perf_counter()
+                await self._write(response, out)
         if not guard.blocked_by:
             started = time.perf_counter()
             rest = await guard.finish()
@@ -250,12 +271,13 @@ class StreamRelay:
             await self._write(response, rest)
 
     async def _write(self, response: web.StreamResponse, out: Sequence[bytes | Rewritten]) -> None:
-        if out:
-            await response.write(
-                b"".join(
-                    item if isinstance(item, bytes) else self._rewritten_event(item) for item in out
-                )
-            )
+        pass_on = self._last.pass_on
+        data = b"".join(
+            pass_on(item if isinstance(item, bytes) else self._rewritten_event(item))
+            for item in out
+        )
+        if data:
+            await response.write(data)
             if self.first_sent is None:
                 self.first_sent = time.perf_counter()
 

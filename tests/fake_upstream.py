@@ -42,6 +42,7 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the completion JSON
     headers: dict[str, str] = field(default_factory=dict)  # response headers (Retry-After...)
     echo_headers: bool = False  # an error whose text quotes the request headers, not JSON
+    fingerprint: str | None = None  # streams: `system_fingerprint` on every chunk, as OpenAI's
 
 
 @dataclass
@@ -187,18 +188,7 @@ class FakeUpstream:
         await response.prepare(request)
         events = plan.chunks
         if events is None:
-            model = str(body.get("model"))
-            events = [
-                sse_event(
-                    chunk(model, "chatcmpl-fake-s", {"role": "assistant", "content": ""}, None, 1)
-                )
-            ]
-            events += [
-                sse_event(chunk(model, "chatcmpl-fake-s", {"content": w}, None, 1))
-                for w in text.split(" ")
-            ]
-            events.append(sse_event(chunk(model, "chatcmpl-fake-s", {}, "stop", 1)))
-            events.append(b"data: [DONE]\n\n")
+            events = _default_events(str(body.get("model")), text, plan.fingerprint, body)
         try:
             for index, event in enumerate(events):
                 if plan.die_after is not None and index >= plan.die_after:
@@ -213,6 +203,33 @@ class FakeUpstream:
             self.disconnects += 1
             raise
         return response
+
+
+def _default_events(
+    model: str, text: str, fingerprint: str | None, body: dict[str, Any]
+) -> list[bytes]:
+    """The answer word by word as OpenAI streams it: a role chunk, content, the finish
+    chunk; with `stream_options.include_usage`, `usage: null` on those and a last
+    `choices: []` chunk with the usage."""
+    options = body.get("stream_options")
+    with_usage = isinstance(options, dict) and options.get("include_usage") is True
+    words = text.split(" ")
+    deltas: list[tuple[dict[str, Any], str | None]] = [({"role": "assistant", "content": ""}, None)]
+    deltas += [({"content": w}, None) for w in words]
+    deltas.append(({}, "stop"))
+    chunks = [chunk(model, "chatcmpl-fake-s", delta, finish, 1) for delta, finish in deltas]
+    if with_usage:
+        last = chunk(model, "chatcmpl-fake-s", {}, None, 1)
+        last["choices"] = []
+        last["usage"] = {
+            "prompt_tokens": 7,
+            "completion_tokens": len(words),
+            "total_tokens": 7 + len(words),
+        }
+        chunks = [{**c, "usage": None} for c in chunks] + [last]
+    if fingerprint is not None:
+        chunks = [{**c, "system_fingerprint": fingerprint} for c in chunks]
+    return [*map(sse_event, chunks), b"data: [DONE]\n\n"]
 
 
 def _is_self_check(body: dict[str, Any]) -> bool:

@@ -56,6 +56,17 @@ def split_events(raw: bytes) -> list[bytes]:
     return [part + b"\n\n" for part in raw.split(b"\n\n") if part]
 
 
+def relayed(raw: bytes) -> list[bytes]:
+    """A stream's events before `[DONE]`, with the `guardrails` key railguard added to the
+    last chunk cut off again: the upstream's events, when they went through unchanged."""
+    events = split_events(raw)
+    assert events[-1] == DONE
+    last = events[-2]
+    cut = last.rfind(b',"guardrails":')
+    assert cut > 0, last
+    return [*events[:-2], last[:cut] + b"}\n\n"]
+
+
 def parsed(raw: bytes) -> list[Any]:
     out: list[Any] = []
     for event in split_events(raw):

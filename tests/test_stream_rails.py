@@ -20,6 +20,7 @@ from tests.stream_helpers import (
     delivered_text,
     parsed,
     post_stream,
+    relayed,
     split_events,
     stream_config,
     upstream_events,
@@ -51,13 +52,11 @@ async def test_harmless_answer_arrives_complete_and_byte_identical(
     status, headers, raw = await post_stream(http, base, "c")
     assert status == 200
     assert headers["Cache-Control"] == "no-cache" and headers["X-Accel-Buffering"] == "no"
-    got = split_events(raw)
-    # every upstream event byte for byte, then our guardrails chunk, then [DONE]
-    assert got[:-2] == sent[:-1]
-    assert got[-1] == DONE
+    # every upstream event byte for byte, `guardrails` added to the last one, then [DONE]
+    assert relayed(raw) == sent[:-1]
+    assert split_events(raw)[-1] == DONE
     final = parsed(raw)[-2]
-    assert final["id"] == "c-up" and final["object"] == "chat.completion.chunk"
-    assert final["choices"] == [{"index": 0, "delta": {}, "finish_reason": None}]
+    assert final["id"] == "c-up" and final["choices"] == [] and final["usage"]
     assert final["guardrails"]["config_id"] == "c"
     assert delivered_text(raw) == "".join(HARMLESS)
     assert fake_upstream.main_calls[-1].headers["Accept-Encoding"] == "identity"
@@ -240,7 +239,7 @@ async def test_streaming_disabled_holds_the_whole_answer_and_checks_it_once(
         sent = upstream_events(HARMLESS)
         fake_upstream.next(chunks=sent)
         _, _, raw = await post_stream(http, base, config_id, options=log)
-        assert split_events(raw)[:-2] == sent[:-1]
+        assert relayed(raw) == sent[:-1]
         checks = guardrails_of(raw)["log"]["activated_rails"]
         assert len(checks) == 1
         assert checks[0]["additional_info"]["window"] == {"choice": 0, "start": 0, "end": 9}
@@ -258,7 +257,7 @@ async def test_output_rails_switched_off_per_request_stream_unparsed(
     sent = upstream_events(["a ", BAD])
     fake_upstream.next(chunks=sent)
     _, _, raw = await post_stream(http, base, "c", options={"rails": {"output": False}})
-    assert split_events(raw)[:-2] == sent[:-1]
+    assert relayed(raw) == sent[:-1]
     assert parsed(raw)[-2]["guardrails"]["config_id"] == "c"
 
 
@@ -298,11 +297,11 @@ async def test_rewriting_rail_never_lets_raw_text_out(
     assert delivered_text(raw) == "one [redacted] two"
     events = parsed(raw)
     assert events[-1] == "[DONE]"
-    assert [e["choices"][0]["finish_reason"] for e in events[1:-1] if e.get("choices")][-2:] == [
-        "stop",
-        None,
-    ]
-    assert events[-3]["usage"]["completion_tokens"] == 5  # non-content events pass unchanged
+    finishes = [e["choices"][0]["finish_reason"] for e in events[1:-1] if e.get("choices")]
+    assert finishes[-1] == "stop"
+    # non-content events pass unchanged; the last one carries `guardrails`
+    assert events[-2]["usage"]["completion_tokens"] == 5
+    assert events[-2]["guardrails"]["config_id"] == "c"
 
 
 # --- failure modes --------------------------------------------------------------------
@@ -492,7 +491,7 @@ async def test_log_without_output_rails_records_the_answer_and_runs_no_checks(
     fake_upstream.next(chunks=sent)
     options = {"rails": {"output": False}, "log": {"activated_rails": True, "llm_calls": True}}
     _, _, raw = await post_stream(http, base, "c", options=options)
-    assert split_events(raw)[:-2] == sent[:-1]
+    assert relayed(raw) == sent[:-1]
     log = guardrails_of(raw)["log"]
     assert log["activated_rails"] == []
     assert log["stats"]["output_rails_duration"] is None

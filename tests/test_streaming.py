@@ -10,6 +10,7 @@ import orjson
 
 from tests.conftest import StartRailguard
 from tests.fake_upstream import FakeUpstream
+from tests.stream_helpers import relayed, split_events
 from upstream.wire import chunk, sse_event
 
 REFUSAL = "I'm sorry, I can't respond to that."
@@ -56,13 +57,52 @@ async def test_stream_passes_upstream_events_through_unchanged(
     )
     assert status == 200
     assert content_type.startswith("text/event-stream")
-    # the upstream's events unchanged, then one chunk carrying `guardrails`, then [DONE]
-    head, final, done = raw.rsplit(b"\n\n", 3)[0], events(raw)[-2], raw.endswith(b"[DONE]\n\n")
-    assert head + b"\n\n" == b"".join(upstream_events[:-1])
-    assert done
-    assert final["id"] == "c1" and final["model"] == "m1" and final["created"] == 5
-    assert final["choices"] == [{"index": 0, "delta": {}, "finish_reason": None}]
+    # the upstream's events unchanged, `guardrails` added to its last chunk, then [DONE]
+    assert relayed(raw) == upstream_events[:-1]
+    assert raw.endswith(b"}}\n\ndata: [DONE]\n\n")
+    final = events(raw)[-2]
+    assert final["choices"] == [] and final["usage"]["total_tokens"] == 3
     assert final["guardrails"]["config_id"] == "input_only"
+
+
+async def test_stream_envelope_rides_on_the_finish_chunk_or_a_chunk_of_its_own(
+    start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """No usage chunk: the finish chunk carries `guardrails` (a comment after it stays
+    after it). No finish at all: a `choices: []` chunk like the upstream's carries it."""
+    base = await start_railguard()
+    body = {
+        "model": "m1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "guardrails": {"config_id": "input_only"},
+    }
+    finish = b'data: {"id":"c1","object":"chat.completion.chunk","created":5,"model":"m1","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    sent = [sse_event(chunk("m1", "c1", {"content": "Hi"}, None, 5)), finish, b": ping\n\n"]
+    fake_upstream.next(chunks=[*sent, b"data: [DONE]\n\n"])
+    _, _, raw = await stream(http, base, body)
+    got = split_events(raw)
+    assert got[0] == sent[0] and got[2:] == [b": ping\n\n", b"data: [DONE]\n\n"]
+    assert got[1].startswith(finish[:-3] + b',"guardrails":{')  # the upstream's bytes kept
+    last = events(raw)[-2]
+    assert last["choices"][0]["finish_reason"] == "stop" and last["system_fingerprint"] == "fp_1"
+    assert last["guardrails"]["config_id"] == "input_only"
+
+    cut = [
+        b'data: {"id":"c2","object":"chat.completion.chunk","created":6,"model":"m1","system_fingerprint":"fp_2","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+    ]
+    fake_upstream.next(chunks=cut)
+    _, _, raw = await stream(http, base, body)
+    assert raw.startswith(cut[0])
+    own = events(raw)[-2]
+    assert {k: own[k] for k in ("id", "object", "created", "model", "system_fingerprint")} == {
+        "id": "c2",
+        "object": "chat.completion.chunk",
+        "created": 6,
+        "model": "m1",
+        "system_fingerprint": "fp_2",
+    }
+    assert own["choices"] == [] and "usage" not in own
+    assert own["guardrails"]["config_id"] == "input_only"
 
 
 async def test_stream_without_done_gets_one(

@@ -404,8 +404,29 @@ def completion(
                 "finish_reason": finish_reason,
             }
         ],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "usage": no_usage(),
     }
+
+
+def no_usage() -> dict[str, Any]:
+    """The `usage` of an answer railguard gives itself: no model was called for it."""
+    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    """Whether a stream request asks for a last chunk with `usage` (`stream_options`)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def usage_chunk(
+    model: str, completion_id: str, usage: dict[str, Any], created: int | None = None
+) -> dict[str, Any]:
+    """The chunk that ends a stream asked for with `include_usage`: no choices, the usage."""
+    event = chunk(model, completion_id, {}, None, created)
+    event["choices"] = []
+    event["usage"] = usage
+    return event
 
 
 def chunk(
@@ -439,11 +460,14 @@ def completion_as_events(data: dict[str, Any]) -> bytes:
     """A whole chat.completion re-cut as the SSE stream it would have been.
 
     For upstreams that ignore `stream: true` and answer with JSON: the client asked for a
-    stream and gets one, with the same id, content, tool calls, finish reasons and usage.
+    stream and gets one, with the same id, fingerprint, content, tool calls, finish reasons
+    and usage.
     """
     completion_id = str(data.get("id") or new_completion_id())
     model = str(data.get("model") or "")
     created = data.get("created") if isinstance(data.get("created"), int) else int(time.time())
+    fingerprint = data.get("system_fingerprint")
+    shared = {"system_fingerprint": fingerprint} if isinstance(fingerprint, str) else {}
     events = []
     choices = data.get("choices")
     for position, choice in enumerate(choices if isinstance(choices, list) else []):
@@ -459,14 +483,12 @@ def completion_as_events(data: dict[str, Any]) -> bytes:
                 for i, call in enumerate(delta["tool_calls"])
             ]
         for piece in (delta, {}):
-            event = chunk(model, completion_id, piece, None, created)
+            event = {**chunk(model, completion_id, piece, None, created), **shared}
             event["choices"][0]["index"] = index
             if not piece:
                 event["choices"][0]["finish_reason"] = choice.get("finish_reason") or "stop"
             events.append(sse_event(event))
     if isinstance(data.get("usage"), dict):
-        usage_event = chunk(model, completion_id, {}, None, created)
-        usage_event["choices"] = []
-        usage_event["usage"] = data["usage"]
-        events.append(sse_event(usage_event))
+        last = {**usage_chunk(model, completion_id, data["usage"], created), **shared}
+        events.append(sse_event(last))
     return b"".join(events) + DONE_EVENT
