@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import orjson
 from pydantic import (
@@ -22,16 +22,25 @@ from pydantic import (
     model_validator,
 )
 
-from proxy.errors import invalid
+from proxy.errors import ApiError, invalid
 from rails.options import DEFAULT_OPTIONS, GenerationOptions
 
 LEGACY_KEYS = ("config_id", "config_ids", "thread_id", "context", "options", "state")
 _Number = StrictFloat | StrictInt
+Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+# Levels of arrays and objects a body may nest: real requests stay under 20 (tool schemas
+# are the deepest part), and orjson writes 254 at most. The room between is for what
+# railguard wraps around parts of a request when it writes them again (a state's payload,
+# the response envelope), so anything accepted here can always be written.
+MAX_DEPTH = 128
+_HEADROOM = 254 - MAX_DEPTH
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: StrictStr
+    role: Role
     content: StrictStr | list[dict[str, Any]] | None = None
 
 
@@ -72,6 +81,10 @@ class ChatRequest(BaseModel):
     guardrails: GuardrailsRequest | None = None
 
 
+class _History(BaseModel):
+    messages: list[Message]
+
+
 @dataclass(slots=True)
 class ParsedChat:
     body: dict[str, Any]  # the raw request, guardrails fields removed
@@ -94,6 +107,8 @@ def _describe(error: ValidationError) -> tuple[str, str | None]:
     parts = [p for p in first["loc"] if not (isinstance(p, str) and _UNION_LABEL.search(p))]
     loc = ".".join(str(p) for p in parts)
     msg = first["msg"]
+    if first["type"] == "literal_error" and parts and parts[-1] == "role":
+        return _role_problem(loc, first["input"]), loc
     if first["type"] == "missing":
         return f"Missing required field `{loc}`.", loc
     if first["type"] == "value_error":
@@ -103,14 +118,63 @@ def _describe(error: ValidationError) -> tuple[str, str | None]:
     return f"Invalid field `{loc}`: {msg}.", loc
 
 
+def _role_problem(loc: str, role: Any) -> str:
+    roles = ", ".join(ROLES)
+    if not isinstance(role, str):
+        return f"Invalid field `{loc}`: a role is a string, one of {roles}."
+    hint = " Context variables go in `guardrails.context`." if role == "context" else ""
+    shown = role if len(role) <= 40 else role[:40] + "..."
+    return f"Invalid field `{loc}`: {shown!r} is not a chat role; use one of {roles}.{hint}"
+
+
+def too_deep(value: Any) -> bool:
+    """True when `value` nests more than MAX_DEPTH levels. orjson is the cheap way to
+    measure it: it refuses to write past its own limit, and the value is written inside
+    the levels it must leave to spare (a walk in Python would cost more than the parse)."""
+    for _ in range(_HEADROOM):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return True
+    return False
+
+
+def _too_deep_error(body: Any) -> ApiError:
+    where = None
+    if isinstance(body, dict):  # name the field when one field is too deep
+        where = next((k for k, value in body.items() if too_deep([value]) and len(k) <= 64), None)
+    field = f" (in `{where}`)" if where is not None else ""
+    return invalid(
+        f"Request body is nested too deeply{field}: at most {MAX_DEPTH} levels of arrays "
+        "and objects are accepted.",
+        param=where,
+        code="too_deep",
+    )
+
+
+def messages_problem(messages: list[Any]) -> str | None:
+    """What is wrong with messages not read from the request itself (a state's history),
+    checked as the request's own are; None when they are fine."""
+    try:
+        _History.model_validate({"messages": messages})
+    except ValidationError as exc:
+        return _describe(exc)[0]
+    return None
+
+
 def parse_chat(raw: bytes, *, model_required: bool = True) -> ParsedChat:
     """The request, validated; raises a 422 ApiError that says what is wrong."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # valid JSON, past orjson's 1024 levels
+            raise _too_deep_error(None) from None
         raise invalid(f"Request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise invalid("Request body must be a JSON object.", code="invalid_json")
+    if too_deep(body):
+        raise _too_deep_error(body)
     if not model_required:
         body.setdefault("model", "railguard-check")
     changed = False

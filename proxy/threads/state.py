@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from proxy.errors import ApiError, invalid
+from proxy.request import messages_problem, too_deep
 
 VERSION = 1
 _DOMAIN = b"railguard-state-v1\n"  # what the MAC covers besides the payload
@@ -73,7 +74,8 @@ class StateCodec:
                     "it is not signed, and this server only accepts states it signed "
                     "(RAILGUARD_STATE_SECRET is set)."
                 )
-            if not hmac.compare_digest(signature, self._sign(raw)):
+            # bytes: compare_digest refuses str with non-ASCII characters
+            if not hmac.compare_digest(signature.encode(), self._sign(raw).encode()):
                 raise _unusable(
                     "its signature does not match: it was changed, or signed with another secret."
                 )
@@ -82,8 +84,13 @@ class StateCodec:
         except (binascii.Error, ValueError):
             raise _unusable("its payload is not valid base64 JSON.") from None
         messages = data.get("messages") if isinstance(data, dict) else None
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        if not isinstance(messages, list):
             raise _unusable("its payload holds no list of messages.")
+        if too_deep(data):  # its messages go into the request, which is written again
+            raise _unusable("its payload is nested too deeply.")
+        problem = messages_problem(messages)
+        if problem is not None:  # an unsigned state's history is the client's to write
+            raise _unusable(f"its payload holds a message railguard can't send: {problem}")
         bound = data.get("config_id")
         if bound != config_id:
             raise invalid(
