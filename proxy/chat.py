@@ -44,6 +44,7 @@ from proxy.threads import (
 from rails.check_cache import CheckCache
 from rails.guardrails import Guardrails
 from rails.model_caller import ModelCaller
+from rails.policy import SelectionForbidden
 from rails.turn import Turn
 from upstream import (
     NoUpstreamError,
@@ -69,21 +70,34 @@ def start_turn(
     pool: UpstreamPool,
     router: Router,
     cache: CheckCache | None,
+    checked: int = 0,
 ) -> Turn:
-    """A Turn for this request; model-backed rails get a caller that routes like requests do."""
+    """A Turn for this request; model-backed rails get a caller that routes like requests do.
+    `checked`: the leading messages railguard checked before (Conversation.checked). A
+    request asking to skip rails its config keeps is a 403."""
     caller = None
     if guardrails.uses_model:
         caller = ModelCaller(pool, router, guardrails.targets, chat.model, request.headers, cache)
-    return Turn(
-        guardrails,
-        chat.messages,
-        model=chat.model,
-        options=chat.options,
-        context=chat.guardrails.context,
-        caller=caller,
-        tools=chat.body.get("tools"),
-        tool_choice=chat.body.get("tool_choice"),
-    )
+    try:
+        return Turn(
+            guardrails,
+            chat.messages,
+            model=chat.model,
+            options=chat.options,
+            context=chat.guardrails.context,
+            caller=caller,
+            tools=chat.body.get("tools"),
+            tool_choice=chat.body.get("tool_choice"),
+            checked=checked,
+        )
+    except SelectionForbidden as exc:
+        raise ApiError(
+            403,
+            str(exc),
+            type_="permission_error",
+            code="rails_selection_forbidden",
+            param=f"guardrails.options.rails.{exc.stage.value}",
+        ) from None
 
 
 _STREAM_OUTCOMES = {
@@ -210,7 +224,13 @@ class ChatCompletions:
         # A thread or state puts its history in front of the request's messages.
         conversation = await self.conversations.open(chat, guardrails.id)
         turn = trace.turn = start_turn(
-            request, chat, guardrails, self.pool, self.router, self.cache
+            request,
+            chat,
+            guardrails,
+            self.pool,
+            self.router,
+            self.cache,
+            conversation.checked if conversation else 0,
         )
 
         upstream: Upstream | None = None

@@ -55,6 +55,10 @@ class Settings:
     metrics_models: tuple[str, ...] = ()  # model names that are always their own label
     metrics_dynamic_models: int = 20  # other model names admitted first come, then `other`
     log_content: bool = False  # the access log carries the user text and the answer
+    # Defaults for configs that don't set railguard.client_rail_selection / input_scope
+    # (rails/policy.py reads them; nothing of rails/ is imported before `serve` starts).
+    client_rail_selection: str = "none"  # none | all | input,output,tool_input,tool_output
+    input_rails_scope: str = "client_messages"  # current_turn | user_messages | client_messages
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
