@@ -24,6 +24,7 @@ from proxy.streaming import StreamLimits
 from proxy.threads import build_conversations
 from rails.check_cache import CheckCache
 from rails.config import ConfigRoot
+from rails.policy import ClientPolicy, parse_scope, parse_selectable
 from upstream import Router, Upstream, UpstreamPool, load_upstreams_file
 
 STORE = web.AppKey("store", ConfigStore)
@@ -51,9 +52,25 @@ def known_models(store: ConfigStore, router: Router) -> set[str]:
     return names
 
 
+def client_policy(settings: Settings) -> ClientPolicy:
+    """The server-wide defaults of the client policy; ValueError names the flag."""
+    try:
+        selectable = parse_selectable(settings.client_rail_selection)
+    except ValueError as exc:
+        raise ValueError(f"--client-rail-selection: {exc}") from None
+    try:
+        scope = parse_scope(settings.input_rails_scope)
+    except ValueError as exc:
+        raise ValueError(f"--input-rails-scope: {exc}") from None
+    return ClientPolicy(selectable, scope)
+
+
 def build_app(settings: Settings, config_root: ConfigRoot) -> web.Application:
     """Everything is built here, before the first request: configs compiled, routes fixed."""
-    store = ConfigStore(config_root, settings.default_config_id, settings.combined_config_cache)
+    policy = client_policy(settings)
+    store = ConfigStore(
+        config_root, settings.default_config_id, settings.combined_config_cache, policy
+    )
     router = build_router(settings)
     pool = UpstreamPool(settings.max_answer_bytes)
     guard = ConnectionGuard(

@@ -44,6 +44,7 @@ from proxy.threads import (
 from rails.check_cache import CheckCache
 from rails.guardrails import Guardrails
 from rails.model_caller import ModelCaller
+from rails.policy import SelectionForbidden
 from rails.turn import Turn
 from upstream import (
     NoUpstreamError,
@@ -73,22 +74,35 @@ def start_turn(
     router: Router,
     cache: CheckCache | None,
     raw_completions: bool = False,
+    checked: int = 0,
 ) -> Turn:
-    """A Turn for this request; model-backed rails get a caller that routes like requests do."""
+    """A Turn for this request; model-backed rails get a caller that routes like requests do.
+    `checked`: the leading messages railguard checked before (Conversation.checked). A
+    request asking to skip rails its config keeps is a 403."""
     caller = None
     if guardrails.uses_model:
         caller = ModelCaller(pool, router, guardrails.targets, chat.model, request.headers, cache)
-    return Turn(
-        guardrails,
-        chat.messages,
-        model=chat.model,
-        options=chat.options,
-        context=chat.guardrails.context,
-        caller=caller,
-        tools=chat.body.get("tools"),
-        tool_choice=chat.body.get("tool_choice"),
-        raw_completions=raw_completions,
-    )
+    try:
+        return Turn(
+            guardrails,
+            chat.messages,
+            model=chat.model,
+            options=chat.options,
+            context=chat.guardrails.context,
+            caller=caller,
+            tools=chat.body.get("tools"),
+            tool_choice=chat.body.get("tool_choice"),
+            checked=checked,
+            raw_completions=raw_completions,
+        )
+    except SelectionForbidden as exc:
+        raise ApiError(
+            403,
+            str(exc),
+            type_="permission_error",
+            code="rails_selection_forbidden",
+            param=f"guardrails.options.rails.{exc.stage.value}",
+        ) from None
 
 
 _STREAM_OUTCOMES = {
@@ -224,6 +238,7 @@ class ChatCompletions:
             self.router,
             self.cache,
             self.log_raw_completions,
+            conversation.checked if conversation else 0,
         )
 
         upstream: Upstream | None = None

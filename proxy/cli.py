@@ -187,6 +187,21 @@ def _parser() -> argparse.ArgumentParser:
         help="options.log.llm_calls shows the upstream's raw text even when an output rail "
         "blocked or rewrote it (debugging only: clients then see the blocked text)",
     )
+    serve.add_argument(
+        "--client-rail-selection",
+        default=os.environ.get("RAILGUARD_CLIENT_RAIL_SELECTION", "none"),
+        metavar="STAGES",
+        help="stages whose rails a request may narrow or turn off with options.rails: none "
+        "(default), all (NeMo's behaviour), or a comma-separated list of input, output, "
+        "tool_input, tool_output; a config's railguard.client_rail_selection wins",
+    )
+    serve.add_argument(
+        "--input-rails-scope",
+        default=os.environ.get("RAILGUARD_INPUT_RAILS_SCOPE", "client_messages"),
+        choices=("current_turn", "user_messages", "client_messages"),
+        help="messages the input rails read: every message the client sent (default), every "
+        "user message, or the current user turn; a config's railguard.input_scope wins",
+    )
     serve.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
     serve.add_argument("--log-level", default=os.environ.get("RAILGUARD_LOG_LEVEL", "INFO"))
     demo = commands.add_parser("demo-upstream", help="run the echoing demo upstream (not a model)")
@@ -238,6 +253,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         metrics_dynamic_models=max(0, args.metrics_dynamic_models),
         log_content=args.log_content,
         log_raw_completions=args.log_raw_completions,
+        client_rail_selection=args.client_rail_selection,
+        input_rails_scope=args.input_rails_scope,
     )
 
 

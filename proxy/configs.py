@@ -2,6 +2,8 @@
 
 Everything is compiled before the server accepts a request; combinations are compiled
 on first use and kept in a bounded cache. An id is only ever a key of this table.
+Each config's client policy is the server's default with the config's own settings over
+it; a combination gets the strictest of its parts', whatever its merged YAML says.
 """
 
 from __future__ import annotations
@@ -12,14 +14,23 @@ from collections.abc import Sequence
 from proxy.errors import invalid
 from rails.config import ConfigError, ConfigRoot, combine
 from rails.guardrails import Guardrails
+from rails.policy import ClientPolicy
 
 
 class ConfigStore:
     def __init__(
-        self, root: ConfigRoot, default_id: str | None = None, cache_size: int = 64
+        self,
+        root: ConfigRoot,
+        default_id: str | None = None,
+        cache_size: int = 64,
+        policy: ClientPolicy | None = None,
     ) -> None:
         self.root = root
-        self.compiled = {cid: Guardrails(config) for cid, config in root.configs.items()}
+        policy = policy or ClientPolicy()
+        self.compiled = {
+            cid: Guardrails(config, policy.for_config(config))
+            for cid, config in root.configs.items()
+        }
         if default_id is not None and default_id not in self.compiled:
             raise ConfigError(
                 f"default config id '{default_id}' is not one of: {', '.join(self.compiled)}"
@@ -66,9 +77,10 @@ class ConfigStore:
         if cached is not None:
             self._combined.move_to_end(ids)
             return cached
-        parts = [self._get(cid).config for cid in ids]
+        parts = [self._get(cid) for cid in ids]
+        policy = ClientPolicy.strictest(p.policy for p in parts)
         try:
-            guardrails = Guardrails(combine(parts))
+            guardrails = Guardrails(combine([p.config for p in parts]), policy)
         except ConfigError as exc:
             raise invalid(str(exc), param="config_ids", code="config_conflict") from exc
         self._combined[ids] = guardrails

@@ -60,6 +60,10 @@ class Settings:
     metrics_dynamic_models: int = 20  # other model names admitted first come, then `other`
     log_content: bool = False  # the access log carries the user text and the answer
     log_raw_completions: bool = False  # log.llm_calls shows text a rail blocked or rewrote
+    # Defaults for configs that don't set railguard.client_rail_selection / input_scope
+    # (rails/policy.py reads them; nothing of rails/ is imported before `serve` starts).
+    client_rail_selection: str = "none"  # none | all | input,output,tool_input,tool_output
+    input_rails_scope: str = "client_messages"  # current_turn | user_messages | client_messages
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

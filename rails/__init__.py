@@ -3,6 +3,7 @@
 from rails.api import GenerationResponse, LLMRails, RailsResult, RailStatus
 from rails.config import ConfigError, RailsConfig
 from rails.options import GenerationOptions
+from rails.policy import SelectionForbidden
 
 __all__ = [
     "ConfigError",
@@ -12,4 +13,5 @@ __all__ = [
     "RailStatus",
     "RailsConfig",
     "RailsResult",
+    "SelectionForbidden",
 ]

@@ -17,6 +17,8 @@ from metrics import RAIL_CHECKS, RAIL_DURATION, RAIL_ERRORS, batched
 from rails.base import RETURNS_TEXT, Action, CheckContext, Rail, Stage, Verdict
 from rails.config import ConfigError, RailsConfig
 from rails.model_caller import ModelTarget, action_calls, model_targets
+from rails.options import RailsOptions
+from rails.policy import CLIENT_STAGES, ClientPolicy, SelectionForbidden
 from rails.registry import build_rail, split_flow
 from upstream.errors import (
     UpstreamBadResponse,
@@ -179,10 +181,14 @@ def error_type(exc: BaseException) -> str:
 
 
 class Guardrails:
-    """A config's rails, compiled. Raises ConfigError for anything it can't run."""
+    """A config's rails, compiled. Raises ConfigError for anything it can't run.
 
-    def __init__(self, config: RailsConfig) -> None:
+    `policy`: what requests may change (rails/policy.py); by default the safe defaults
+    with the config's own `railguard` settings over them."""
+
+    def __init__(self, config: RailsConfig, policy: ClientPolicy | None = None) -> None:
         self.config = config
+        self.policy = policy if policy is not None else ClientPolicy().for_config(config)
         self.id = config.id or "default"
         self.refusal = config.refusal_message
         self.targets: dict[str, ModelTarget] = model_targets(config)
@@ -227,6 +233,19 @@ class Guardrails:
             return []
         names = set(selection)
         return [r for r in runners if r.rail.name in names or split_flow(r.rail.name)[0] in names]
+
+    def refuse_narrowing(self, rails: RailsOptions) -> None:
+        """Raise SelectionForbidden when `options.rails` would skip a rail of a stage the
+        policy keeps out of the client's hands. A selection that still runs every rail
+        (true, or a list naming them all) is fine, whatever else it names."""
+        for stage in CLIENT_STAGES:
+            if stage in self.policy.selectable:
+                continue
+            runners = self.runners(stage)
+            kept = {id(r) for r in self.selected(stage, getattr(rails, stage.value))}
+            if len(kept) < len(runners):
+                skipped = [r.rail.name for r in runners if id(r) not in kept]
+                raise SelectionForbidden(stage, skipped)
 
     async def run_stage(
         self, stage: Stage, text: str, ctx: CheckContext, selection: Selection = None

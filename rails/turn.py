@@ -13,6 +13,7 @@ from typing import Any
 
 from rails.base import CheckContext, Stage
 from rails.guardrails import Guardrails, StageResult
+from rails.input_scope import current_user_turn, joined, pieces, scoped_indexes, write_back
 from rails.model_caller import ModelCaller
 from rails.options import GenerationOptions
 from upstream.wire import (
@@ -24,31 +25,12 @@ from upstream.wire import (
 )
 
 
-def current_user_turn(messages: list[dict[str, Any]]) -> tuple[list[int], int | None]:
-    """Indexes of every user message since the last assistant message before them, and
-    the index of a trailing assistant message (a bot answer to check) if there is one.
-
-    All of them are checked, not only the last: two consecutive user messages can't
-    smuggle an attack past the input rails.
-    """
-    end = len(messages)
-    answer = None
-    if end and messages[-1].get("role") == "assistant":
-        answer = end - 1
-        end -= 1
-    users: list[int] = []
-    for index in range(end - 1, -1, -1):
-        role = messages[index].get("role")
-        if role == "assistant":
-            break
-        if role == "user":
-            users.append(index)
-    users.reverse()
-    return users, answer
-
-
 class Turn:
-    """The state of one request's rails; methods run in request order."""
+    """The state of one request's rails; methods run in request order.
+
+    Raises SelectionForbidden when `options.rails` asks to skip rails the config's policy
+    keeps. `checked`: how many leading messages railguard checked before (a thread's
+    history, a signed state), which the input rails don't read again."""
 
     def __init__(
         self,
@@ -62,16 +44,24 @@ class Turn:
         tools: Sequence[Any] | None = None,
         tool_choice: Any = None,
         raw_completions: bool = False,
+        checked: int = 0,
     ) -> None:
+        guardrails.refuse_narrowing(options.rails)
         self.guardrails = guardrails
         self.raw_completions = raw_completions  # the log may show text a rail blocked
         self.options = options
         self.messages = messages
         self.started = time.perf_counter()
         self._user_indexes, answer_index = current_user_turn(messages)
-        self.user_text = "\n".join(
-            content_text(messages[i].get("content")) for i in self._user_indexes
+        self.user_text = self._current_user_text()
+        in_scope = scoped_indexes(
+            messages,
+            guardrails.policy.input_scope,
+            checked=checked,
+            answer=None if options.rails.dialog else answer_index,
         )
+        self._input_pieces = pieces(messages, in_scope)
+        self.input_text = joined(self._input_pieces)  # what the input rails read
         self.given_answer = (
             content_text(messages[answer_index].get("content"))
             if answer_index is not None
@@ -92,6 +82,10 @@ class Turn:
         self.bot_text: str | None = None
         self._main_calls: list[dict[str, Any]] = []
         self._output_calls_from = 0  # rail calls before this index are the input stage's
+
+    def _current_user_text(self) -> str:
+        """The user's messages of this turn: the prompt rails compare an answer with."""
+        return "\n".join(content_text(self.messages[i].get("content")) for i in self._user_indexes)
 
     @property
     def calls_model(self) -> bool:
@@ -135,7 +129,8 @@ class Turn:
 
     async def check_input(self) -> StageResult:
         """Run the tool-input rails on the request's tool results (when it has any), then
-        the input rails on the user turn; a rewrite (masking) replaces what goes upstream.
+        the input rails on the messages of the config's input scope; a rewrite (masking)
+        replaces what goes upstream.
         Both are the turn's input stage: a block in either means no main call."""
         tools = None
         tool_results = (
@@ -152,46 +147,29 @@ class Turn:
                 self.input = tools
                 return tools
         result = await self.guardrails.run_stage(
-            Stage.INPUT, self.user_text, self.ctx, self.options.rails.input
+            Stage.INPUT, self.input_text, self.ctx, self.options.rails.input
         )
         self.input = _fold(tools, result)
-        if self.input.modified and not self.input.blocked_by:
-            await self._rewrite_user_messages(self.input.text)
+        if result.modified and not self.input.blocked_by:
+            await self._rewrite_input(result.text)
         self._output_calls_from = len(self.ctx.caller.calls) if self.ctx.caller else 0
         return self.input
 
-    async def _rewrite_user_messages(self, rewritten: str) -> None:
-        """A one-message text turn takes the stage's text; otherwise each text part of each
-        user message goes through the rewriting rails on its own, so the turn keeps its
-        shape (several messages, images next to text)."""
-        indexes = self._user_indexes
-        selection = self.options.rails.input
-        if len(indexes) == 1 and isinstance(self.messages[indexes[0]].get("content"), str):
-            self.messages[indexes[0]] = {**self.messages[indexes[0]], "content": rewritten}
+    async def _rewrite_input(self, rewritten: str) -> None:
+        """A single piece of text takes the stage's text; otherwise each piece (a name, a
+        message's text, a text part) goes through the rewriting rails on its own, so every
+        message keeps its shape (several messages, images next to text)."""
+        found = self._input_pieces
+        if len(found) == 1:
+            write_back(self.messages, found[0], rewritten)
         else:
-            for index in indexes:
-                message = self.messages[index]
-                content = message.get("content")
-                if isinstance(content, str):
-                    content = await self.guardrails.rewrite(
-                        Stage.INPUT, content, self.ctx, selection
-                    )
-                elif isinstance(content, list):
-                    content = [
-                        {
-                            **part,
-                            "text": await self.guardrails.rewrite(
-                                Stage.INPUT, part["text"], self.ctx, selection
-                            ),
-                        }
-                        if isinstance(part, dict) and isinstance(part.get("text"), str)
-                        else part
-                        for part in content
-                    ]
-                else:
-                    continue
-                self.messages[index] = {**message, "content": content}
-        self.user_text = self.ctx.user_text = rewritten
+            selection = self.options.rails.input
+            for piece in found:
+                text = await self.guardrails.rewrite(Stage.INPUT, piece.text, self.ctx, selection)
+                if text != piece.text:
+                    write_back(self.messages, piece, text)
+        self.input_text = rewritten
+        self.user_text = self.ctx.user_text = self._current_user_text()
 
     async def check_output(self, text: str) -> StageResult:
         """Run output rails on one whole answer and make it the turn's bot message."""
@@ -288,7 +266,7 @@ class Turn:
             return self.guardrails.refusal
         if self.given_answer is not None:
             return self.bot_text if self.bot_text is not None else self.given_answer
-        return self.input.text if self.input else self.user_text
+        return self.user_text
 
     def record_main_call(
         self, model: str, duration: float, completion: str, usage: Mapping[str, Any] | None

@@ -20,7 +20,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from proxy.app import client_policy
+from proxy.cli import _parser, settings_from_args
 from rails.config import load_config_root
+from rails.policy import ClientPolicy
 from tests.packaging_helpers import (
     ALERTS,
     BIN,
@@ -306,6 +309,15 @@ def test_deployment_args_are_real_flags() -> None:
     for example in EXAMPLES:
         for arg in merged(values(), load_yaml(example))["server"]["extraArgs"]:
             assert flag_name(arg) in cli_flags("serve"), f"{example.name}: {arg}"
+
+
+def test_production_example_enforces_rails() -> None:
+    production = merged(values(), load_yaml(CHART / "examples" / "values-production.yaml"))
+    args = production["server"]["extraArgs"]
+    assert "--client-rail-selection=none" in args
+    assert "--input-rails-scope=client_messages" in args
+    settings = settings_from_args(_parser().parse_args(["serve", *args]))
+    assert client_policy(settings) == ClientPolicy()  # nothing in the client's hands
 
 
 def test_alert_rules_and_dashboard_ship_with_the_chart() -> None:

@@ -126,11 +126,14 @@ async def test_every_user_message_of_the_turn_is_checked(
     )
     assert data["choices"][0]["message"]["content"] == REFUSAL
     assert fake_upstream.main_calls == []
-    # An earlier turn, closed by an assistant answer, is not part of the current one.
+    # An earlier turn the client wrote is read too by default; with the current-turn scope
+    # one closed by an assistant answer is not part of the turn.
     history = [user("the secret?"), {"role": "assistant", "content": "no"}, user("hello")]
-    _, data = await post(
-        http, base, {"model": "m1", "messages": history, "guardrails": {"config_id": "regex"}}
-    )
+    body = {"model": "m1", "messages": history, "guardrails": {"config_id": "regex"}}
+    _, data = await post(http, base, body)
+    assert data["choices"][0]["message"]["content"] == REFUSAL
+    current_turn = await start_railguard(input_rails_scope="current_turn")
+    _, data = await post(http, current_turn, body)
     assert data["choices"][0]["message"]["content"] == "echo: hello"
 
 
@@ -188,7 +191,7 @@ async def test_self_check_answer_that_is_not_yes_or_no_blocks(
 async def test_options_rails_lists_and_switches(
     start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    base = await start_railguard()
+    base = await start_railguard(client_rail_selection="all")  # NeMo's behaviour, opted in
     off = {"config_id": "regex", "options": {"rails": {"input": False}}}
     _, data = await post(
         http, base, {"model": "m1", "messages": [user("the secret")], "guardrails": off}
@@ -218,7 +221,7 @@ async def test_options_rails_lists_and_switches(
 async def test_check_mode_runs_rails_without_calling_the_model(
     start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    base = await start_railguard()
+    base = await start_railguard(client_rail_selection="output,input")
     options = {
         "rails": {"input": True, "output": False, "dialog": False},
         "log": {"activated_rails": True},

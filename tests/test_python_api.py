@@ -33,6 +33,7 @@ from rails import (
     LLMRails,
     RailsConfig,
     RailStatus,
+    SelectionForbidden,
 )
 from tests.conftest import SELF_CHECK_PROMPTS, StartRailguard
 from tests.fake_upstream import FakeUpstream
@@ -188,6 +189,10 @@ async def test_options_give_a_generation_response_with_log(fake_upstream: FakeUp
         assert by_prompt.log is not None and by_prompt.log.activated_rails[0].stop
         assert by_prompt.log.llm_calls == []  # not asked for
         no_rails = {"rails": {"input": False, "output": False}}
+        with pytest.raises(SelectionForbidden, match="input rails"):  # the config's policy
+            await rails.generate_async(prompt="the secret", options=no_rails)
+    permissive = {**REGEX, "railguard": {"client_rail_selection": "all"}}
+    async with rails_for(permissive, fake_upstream.url) as rails:
         unguarded = await rails.generate_async(prompt="the secret", options=no_rails)
         assert isinstance(unguarded, GenerationResponse)
         assert unguarded.response == "echo: the secret" and unguarded.log is None
@@ -472,9 +477,13 @@ def test_check_passed_modified_blocked(threaded_upstream: FakeUpstream) -> None:
             {"role": "assistant", "content": "123-45-6789"},
         ]
         assert rails.check(answer).status is RailStatus.BLOCKED
-        assert rails.check(answer, rail_types=["input"]).status is RailStatus.PASSED
+        with pytest.raises(SelectionForbidden, match="output rails"):  # the config's policy
+            rails.check(answer, rail_types=["input"])
         with pytest.raises(ValueError, match="unknown rail types"):
             rails.check(answer, rail_types=["dialog"])
+    permissive = {**checks, "railguard": {"client_rail_selection": ["output"]}}
+    with LLMRails(RailsConfig.parse_object(permissive)) as rails:
+        assert rails.check(answer, rail_types=["input"]).status is RailStatus.PASSED
     assert threaded_upstream.received == []  # checks call no model
 
 

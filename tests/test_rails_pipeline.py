@@ -68,24 +68,31 @@ def self_checks(*flows: str, **railguard: Any) -> dict[str, Any]:
     return config
 
 
-async def test_rewrite_reaches_every_user_message_and_keeps_image_parts(
+@pytest.mark.parametrize("scope", ["client_messages", "current_turn"])
+async def test_rewrite_reaches_every_message_of_the_scope_and_keeps_image_parts(
     start_railguard: StartRailguard,
     fake_upstream: FakeUpstream,
     http: aiohttp.ClientSession,
     redact_flow: None,
+    scope: str,
 ) -> None:
-    base = await start_railguard({"c": {"rails": {"input": {"flows": ["redact input"]}}}})
+    rails = {"input": {"flows": ["redact input"]}}
+    base = await start_railguard({"c": {"rails": rails, "railguard": {"input_scope": scope}}})
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     messages = [
         {"role": "system", "content": f"system keeps {SECRET}"},
-        {"role": "user", "content": f"first {SECRET}"},
+        {"role": "user", "content": f"first {SECRET}", "name": SECRET},
         {"role": "user", "content": [{"type": "text", "text": f"second {SECRET}"}, image]},
     ]
-    await chat(http, base, messages, config_id="c", options={"output_vars": True})
+    data = await chat(http, base, messages, config_id="c", options={"output_vars": True})
     sent = fake_upstream.main_calls[-1].body["messages"]
-    assert sent[0]["content"] == f"system keeps {SECRET}"  # not part of the user turn
-    assert sent[1]["content"] == "first [masked]"
+    # The system message is read (and so masked) only by the client-messages scope.
+    system = "system keeps [masked]" if scope == "client_messages" else f"system keeps {SECRET}"
+    assert sent[0]["content"] == system
+    assert sent[1] == {"role": "user", "content": "first [masked]", "name": "[masked]"}
     assert sent[2]["content"] == [{"type": "text", "text": "second [masked]"}, image]
+    # The user's turn as rails and the envelope see it: masked.
+    assert data["guardrails"]["output_data"]["user_message"] == "first [masked]\nsecond [masked]"
 
 
 async def test_rewrite_of_a_single_message(

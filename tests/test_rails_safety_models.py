@@ -592,7 +592,9 @@ def topic_judge(body: dict[str, Any]) -> str:
 async def test_topic_safety_sends_the_prompt_as_system_then_the_conversation(
     start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    base = await start_railguard({"topic": topic_config()})
+    # The rail sends the conversation itself: the current turn is the text it judges.
+    config = {**topic_config(), "railguard": {"input_scope": "current_turn"}}
+    base = await start_railguard({"topic": config})
     fake_upstream.answer_checks(lambda body: body.get("model") == TOPIC_MODEL, topic_judge)
     history = [
         {"role": "system", "content": "Be brief."},

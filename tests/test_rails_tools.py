@@ -304,7 +304,7 @@ async def test_allowed_tools_setting_narrows_what_the_request_declares(
 async def test_option_tool_output_false_or_other_names_skip_the_check(
     start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    base = await start_railguard(CONFIGS)
+    base = await start_railguard(CONFIGS, client_rail_selection="tool_output,output")
     undeclared = tool_choices(call("delete_everything", "not json"))
     for selection in (False, ["some other rail"]):
         fake_upstream.next(extra={"choices": copy.deepcopy(undeclared)})
@@ -508,7 +508,7 @@ async def test_split_arguments_are_validated_assembled(
 async def test_stream_option_tool_output_false_passes_bad_call(
     start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    base = await start_railguard(CONFIGS)
+    base = await start_railguard(CONFIGS, client_rail_selection="tool_output")
     sent = tool_events([("call_1", "delete_everything", "nope")], pieces=3)
     fake_upstream.next(chunks=sent)
     status, raw = await post(
@@ -637,7 +637,7 @@ async def test_reused_call_ids_open_again_with_each_assistant_message(
 async def test_tool_result_size_cap_and_tool_input_selection(
     start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    base = await start_railguard(CONFIGS)
+    base = await start_railguard(CONFIGS, client_rail_selection="tool_input")
     long = conversation(result("call_1", "x" * 21))
     _, raw = await post(http, base, "strict", messages=long)
     data = orjson.loads(raw)

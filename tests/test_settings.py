@@ -89,3 +89,16 @@ def test_logged_upstream_urls_lose_their_credentials() -> None:
         redact_url("https://user:sk-secret@llm.example:8443/v1?key=abc")
         == "https://llm.example:8443/v1"
     )
+
+
+def test_client_policy_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings()
+    assert (s.client_rail_selection, s.input_rails_scope) == ("none", "client_messages")
+    s = settings("--client-rail-selection=all", "--input-rails-scope=current_turn")
+    assert (s.client_rail_selection, s.input_rails_scope) == ("all", "current_turn")
+    monkeypatch.setenv("RAILGUARD_CLIENT_RAIL_SELECTION", "output")
+    monkeypatch.setenv("RAILGUARD_INPUT_RAILS_SCOPE", "user_messages")
+    s = settings()
+    assert (s.client_rail_selection, s.input_rails_scope) == ("output", "user_messages")
+    with pytest.raises(SystemExit):
+        settings("--input-rails-scope=everything")

@@ -253,7 +253,9 @@ async def test_streaming_disabled_holds_the_whole_answer_and_checks_it_once(
 async def test_output_rails_switched_off_per_request_stream_unparsed(
     start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    base = await start_railguard({"c": stream_config(2, 1, stream_first=False)})
+    base = await start_railguard(
+        {"c": stream_config(2, 1, stream_first=False)}, client_rail_selection="output"
+    )
     sent = upstream_events(["a ", BAD])
     fake_upstream.next(chunks=sent)
     _, _, raw = await post_stream(http, base, "c", options={"rails": {"output": False}})
@@ -486,7 +488,7 @@ async def test_stream_first_block_arrives_while_the_upstream_is_silent(
 async def test_log_without_output_rails_records_the_answer_and_runs_no_checks(
     start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    base = await start_railguard({"c": stream_config(2, 1)})
+    base = await start_railguard({"c": stream_config(2, 1)}, client_rail_selection="output")
     sent = upstream_events(HARMLESS)
     fake_upstream.next(chunks=sent)
     options = {"rails": {"output": False}, "log": {"activated_rails": True, "llm_calls": True}}

@@ -171,7 +171,7 @@ async def test_upstream_dying_mid_stream_ends_with_error_event_and_done(
 async def test_check_mode_stream_answers_without_upstream(
     start_railguard: StartRailguard, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    base = await start_railguard()
+    base = await start_railguard(client_rail_selection="output")
     options = {"rails": {"input": True, "output": False, "dialog": False}}
     _, _, raw = await stream(
         http,

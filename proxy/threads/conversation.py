@@ -121,6 +121,15 @@ class Conversation:
         self.thread_id = thread_id
         self.turn_id = turn
 
+    @property
+    def checked(self) -> int:
+        """How many leading messages railguard checked before: a thread's (stored after
+        passing the rails) or a signed state's. An unsigned state is client-written, like
+        `messages`, so the input rails read it again."""
+        if self.thread_id is not None or self.owner.codec.secret is not None:
+            return len(self.history)
+        return 0
+
     async def record(self, turn: Turn, answer: dict[str, Any] | None) -> dict[str, Any] | None:
         """Save the turn (the model call was made); returns the envelope's `state`."""
         new = turn.messages[len(self.history) :]
