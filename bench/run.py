@@ -741,10 +741,10 @@ class Bench:
                     )
             chunks = self.plan.stream_chunks
             body = stream_body(chunks)
-            # railguard adds one chunk carrying `guardrails` before [DONE]
+            # railguard adds `guardrails` to the upstream's last chunk: no event of its own
             for name, client, request, want in (
                 ("upstream", up, self.direct(body), chunks + 1),
-                ("railguard", rg, self.proxied(body), chunks + 2),
+                ("railguard", rg, self.proxied(body), chunks + 1),
             ):
                 got = client.send(request)
                 events = got.body.count(b"data: ")
